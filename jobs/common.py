@@ -1,0 +1,162 @@
+"""Kafka I/O shared by every job.
+
+Records cross the Java/Python boundary as raw bytes: the source hands Python a
+``RAW_RECORD`` row (topic, partition, offset, timestamp, key, value) and the sink takes an
+``OUT_RECORD`` row (topic, key, value). Decoding happens in Python, so bad bytes become
+dead letters instead of job failures, and one sink serves every output topic (results go
+to the return address each request names; dead letters to ``deadletter``).
+The two (de)serialisers are ``deploy/java`` (io.rendezvous.flink.Raw*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pyflink.common import Row, Types, WatermarkStrategy
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetsInitializer,
+    KafkaSink,
+    KafkaSource,
+)
+from pyflink.java_gateway import get_gateway
+
+RAW_RECORD = Types.ROW_NAMED(
+    ["topic", "partition", "offset", "timestamp", "key", "value"],
+    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+OUT_RECORD = Types.ROW_NAMED(
+    ["topic", "key", "value"],
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+
+VERSION = "0.1.0"
+
+
+def out(topic: str, key: bytes | None, value: bytes) -> Row:
+    return Row(topic, key, value)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where a job reads and writes; every field can come from ``RDV_*`` env or ``--flag``."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    group_id: str = ""
+    deadletter_topic: str = "deadletter"
+    start_from: str = "committed"  # committed | earliest | latest
+    parallelism: int = 1
+
+
+def config_from_args(cls: type, argv: Sequence[str] | None, prog: str) -> Any:
+    """Build a (frozen dataclass) job config from env ``RDV_<FIELD>`` then ``--field``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    for f in fields(cls):
+        default = os.environ.get("RDV_" + f.name.upper())
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(
+            str(f.type), str
+        )
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+            help=f"(env RDV_{f.name.upper()})",
+        )
+    ns = parser.parse_args(argv)
+    kwargs = {k: v for k, v in vars(ns).items() if v is not None}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
+
+
+def kafka_source(
+    topics: Sequence[str], kafka: KafkaConfig, *, group_id: str | None = None
+) -> KafkaSource:
+    jvm = get_gateway().jvm
+    starts = {
+        "earliest": KafkaOffsetsInitializer.earliest(),
+        "latest": KafkaOffsetsInitializer.latest(),
+        # first start of a group: read from the beginning so nothing is missed (built in
+        # Java: PyFlink's helper expects the shaded SQL connector jar)
+        "committed": KafkaOffsetsInitializer(
+            jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+            .committedOffsets(jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST)
+        ),
+    }
+    if kafka.start_from not in starts:
+        raise ValueError(f"start_from must be one of {sorted(starts)}, got {kafka.start_from!r}")
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_topics(*topics)
+        .set_group_id(group_id or kafka.group_id or "rdv-" + "-".join(topics))
+        .set_starting_offsets(starts[kafka.start_from])
+        .set_property("fetch.max.wait.ms", "5")
+        .set_property("partition.discovery.interval.ms", "10000")
+        .set_property("client.id.prefix", group_id or kafka.group_id or "rdv")
+    )
+    builder._j_builder.setDeserializer(jvm.io.rendezvous.flink.RawRecordDeserializer())
+    return builder.build()
+
+
+def read(
+    env: StreamExecutionEnvironment, topics: Sequence[str], kafka: KafkaConfig, *,
+    uid: str, group_id: str | None = None,
+) -> DataStream:
+    """A RAW_RECORD stream from Kafka topics, with a stable uid (offsets live in state)."""
+    return (
+        env.from_source(
+            kafka_source(topics, kafka, group_id=group_id),
+            WatermarkStrategy.no_watermarks(),
+            f"kafka: {','.join(topics)}",
+            type_info=RAW_RECORD,
+        )
+        .uid(uid)
+        .name(f"kafka: {','.join(topics)}")
+    )
+
+
+def kafka_sink(kafka: KafkaConfig) -> KafkaSink:
+    """A sink of OUT_RECORD rows; at-least-once (a replay after failure may duplicate, which
+    the rendezvous' tombstones absorb; exactly-once would hold results until a checkpoint)."""
+    jvm = get_gateway().jvm
+    builder = KafkaSink.builder()
+    # set on the Java builder directly: PyFlink's setter introspects fields that only its
+    # own serialisers have
+    builder._j_builder.setRecordSerializer(jvm.io.rendezvous.flink.RawRecordSerializer())
+    return (
+        builder
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .set_property("linger.ms", "0")
+        .set_property("acks", "1")
+        .set_property("max.block.ms", "10000")
+        .build()
+    )
+
+
+def write(stream: DataStream, kafka: KafkaConfig, *, uid: str) -> None:
+    stream.sink_to(kafka_sink(kafka)).uid(uid).name("kafka sink")
+
+
+@dataclass
+class Counters:
+    """Per-operator counts exposed as Flink metrics (and readable in tests)."""
+
+    names: tuple[str, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, runtime_context: Any, group: str) -> None:
+        mg = runtime_context.get_metrics_group().add_group(group)
+        for n in self.names:
+            self.values[n] = mg.counter(n)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        c = self.values.get(name)
+        if c is not None:
+            c.inc(n)
