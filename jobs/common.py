@@ -28,8 +28,14 @@ from pyflink.java_gateway import get_gateway
 
 RAW_RECORD = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "key", "value"],
-    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
-     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+    [
+        Types.STRING(),
+        Types.INT(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        Types.PRIMITIVE_ARRAY(Types.BYTE()),
+    ],
 )
 OUT_RECORD = Types.ROW_NAMED(
     ["topic", "key", "value"],
@@ -53,17 +59,30 @@ class KafkaConfig:
     start_from: str = "committed"  # committed | earliest | latest
     parallelism: int = 1
 
+    def __post_init__(self) -> None:
+        if self.start_from not in ("committed", "earliest", "latest"):
+            raise ValueError(
+                f"start_from must be one of committed, earliest, latest; got {self.start_from!r}"
+            )
+        if self.parallelism < 1:
+            raise ValueError(f"parallelism must be >= 1, got {self.parallelism}")
+
 
 def config_from_args(cls: type, argv: Sequence[str] | None, prog: str) -> Any:
     """Build a (frozen dataclass) job config from env ``RDV_<FIELD>`` then ``--field``."""
     parser = argparse.ArgumentParser(prog=prog)
     for f in fields(cls):
         default = os.environ.get("RDV_" + f.name.upper())
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(
-            str(f.type), str
+        kind = (
+            f.type
+            if isinstance(f.type, type)
+            else {"int": int, "float": float}.get(str(f.type), str)
         )
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=default,
             help=f"(env RDV_{f.name.upper()})",
         )
     ns = parser.parse_args(argv)
@@ -84,12 +103,11 @@ def kafka_source(
         # first start of a group: read from the beginning so nothing is missed (built in
         # Java: PyFlink's helper expects the shaded SQL connector jar)
         "committed": KafkaOffsetsInitializer(
-            jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
-            .committedOffsets(jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST)
+            jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer.committedOffsets(
+                jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
+            )
         ),
     }
-    if kafka.start_from not in starts:
-        raise ValueError(f"start_from must be one of {sorted(starts)}, got {kafka.start_from!r}")
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(kafka.bootstrap)
@@ -105,8 +123,12 @@ def kafka_source(
 
 
 def read(
-    env: StreamExecutionEnvironment, topics: Sequence[str], kafka: KafkaConfig, *,
-    uid: str, group_id: str | None = None,
+    env: StreamExecutionEnvironment,
+    topics: Sequence[str],
+    kafka: KafkaConfig,
+    *,
+    uid: str,
+    group_id: str | None = None,
 ) -> DataStream:
     """A RAW_RECORD stream from Kafka topics, with a stable uid (offsets live in state)."""
     return (
@@ -130,8 +152,7 @@ def kafka_sink(kafka: KafkaConfig) -> KafkaSink:
     # own serialisers have
     builder._j_builder.setRecordSerializer(jvm.io.rendezvous.flink.RawRecordSerializer())
     return (
-        builder
-        .set_bootstrap_servers(kafka.bootstrap)
+        builder.set_bootstrap_servers(kafka.bootstrap)
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .set_property("linger.ms", "0")
         .set_property("acks", "1")

@@ -47,8 +47,14 @@ class Stamp(FlatMapFunction):
         rec = self.codec.decode(payload)
         if isinstance(rec, DecodeError):
             dl = dead_letter(
-                cfg.component, rec.reason, payload or b"", key=key, source_topic=topic,
-                partition=partition, offset=offset, version=VERSION,
+                cfg.component,
+                rec.reason,
+                payload or b"",
+                key=key,
+                source_topic=topic,
+                partition=partition,
+                offset=offset,
+                version=VERSION,
             )
             return Row(cfg.deadletter_topic, key, self.dl_codec.encode(dl))
         add_hop(rec, cfg.component, VERSION)
@@ -68,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     config: PassthroughConfig = config_from_args(PassthroughConfig, argv, "passthrough")
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(config.parallelism)
-    source = read(env, [config.source_topic], config, uid="passthrough-source",
-                  group_id=config.group_id or f"passthrough-{config.sink_topic}")
+    source = read(
+        env,
+        [config.source_topic],
+        config,
+        uid="passthrough-source",
+        group_id=config.group_id or f"passthrough-{config.sink_topic}",
+    )
     write(build_passthrough(source, config), config, uid="passthrough-sink")
     env.execute(f"passthrough {config.source_topic}->{config.sink_topic}")
 

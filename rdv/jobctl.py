@@ -17,12 +17,19 @@ from rdv.settings import ROOT, Settings
 _JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
 
 
-def _rest(method: str, path: str, body: dict | None = None, settings: Settings | None = None,
-          timeout: float = 10) -> Any:
+def _rest(
+    method: str,
+    path: str,
+    body: dict | None = None,
+    settings: Settings | None = None,
+    timeout: float = 10,
+) -> Any:
     s = settings or Settings.from_env()
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        s.flink_rest + path, data=data, method=method,
+        s.flink_rest + path,
+        data=data,
+        method=method,
         headers={"Content-Type": "application/json"} if data else {},
     )
     try:
@@ -39,16 +46,34 @@ def submit(name: str, args: Sequence[str] = (), settings: Settings | None = None
     """Submit ``jobs/<name>.py`` detached; returns the job id once it is RUNNING."""
     script = ROOT / "jobs" / f"{name}.py"
     if not script.exists():
-        known = sorted(p.stem for p in (ROOT / "jobs").glob("*.py") if not p.stem.startswith("_")
-                       and p.stem != "common")
+        known = sorted(
+            p.stem
+            for p in (ROOT / "jobs").glob("*.py")
+            if not p.stem.startswith("_") and p.stem != "common"
+        )
         raise PlatformError(f"no job {name!r}; known jobs: {', '.join(known)}")
     p = Platform(settings)
     out = subprocess.run(
-        ["bash", str(pyflink_home() / "bin" / "flink"), "run", "-d",
-         "-m", f"127.0.0.1:{p.s.flink_rest_port}",
-         "-py", str(script), "-pyexec", str(p.s.python), "-pyclientexec", str(p.s.python),
-         *args],
-        env=p.flink_env(), capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+        [
+            "bash",
+            str(pyflink_home() / "bin" / "flink"),
+            "run",
+            "-d",
+            "-m",
+            f"127.0.0.1:{p.s.flink_rest_port}",
+            "-py",
+            str(script),
+            "-pyexec",
+            str(p.s.python),
+            "-pyclientexec",
+            str(p.s.python),
+            *args,
+        ],
+        env=p.flink_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
     m = _JOB_ID.search(out.stdout + out.stderr)
     if out.returncode != 0 or not m:
@@ -59,7 +84,7 @@ def submit(name: str, args: Sequence[str] = (), settings: Settings | None = None
 
 
 def job(job_id: str, settings: Settings | None = None) -> dict:
-    return _rest("GET", f"/jobs/{job_id}", settings=settings)  # type: ignore[no-any-return]
+    return _rest("GET", f"/jobs/{job_id}", settings=settings)
 
 
 def wait_running(job_id: str, timeout: float = 60, settings: Settings | None = None) -> None:
@@ -105,8 +130,9 @@ def cancel(job_id: str, settings: Settings | None = None, timeout: float = 60) -
     raise PlatformError(f"job {job_id} did not stop within {timeout:.0f} s")
 
 
-def savepoint(job_id: str, *, stop: bool = False, settings: Settings | None = None,
-              timeout: float = 120) -> str:
+def savepoint(
+    job_id: str, *, stop: bool = False, settings: Settings | None = None, timeout: float = 120
+) -> str:
     """Trigger a savepoint (optionally stop-with-savepoint); returns its location."""
     s = settings or Settings.from_env()
     target = f"file://{s.home / 'flink' / 'savepoints'}"

@@ -8,6 +8,7 @@ leaves no process and no bound port behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -84,19 +85,15 @@ def _terminate(pids: list[int], timeout: float = 20.0) -> None:
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
         time.sleep(0.1)
     for pid in pids:
         if _pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -151,7 +148,10 @@ class Platform:
     def start_kafka(self) -> None:
         if self._kafka_pid():
             return
-        for port, svc in ((self.s.kafka_port, "Kafka"), (self.s.controller_port, "Kafka controller")):
+        for port, svc in (
+            (self.s.kafka_port, "Kafka"),
+            (self.s.controller_port, "Kafka controller"),
+        ):
             self._check_port_free(port, svc)
         props = self.kafka_dir / "server.properties"
         _render(
@@ -178,9 +178,19 @@ class Platform:
         if not (self.kafka_dir / "data" / "meta.properties").exists():
             cluster_id = _kafka_cluster_id()
             out = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
-                 "--config", str(props), "--standalone", "--ignore-formatted"],
-                capture_output=True, text=True,
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--cluster-id",
+                    cluster_id,
+                    "--config",
+                    str(props),
+                    "--standalone",
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
             )
             if out.returncode != 0:
                 raise PlatformError(f"formatting Kafka storage failed:\n{out.stdout}{out.stderr}")
@@ -188,7 +198,9 @@ class Platform:
         with open(log, "ab") as f:
             proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(props)],
-                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         (self.kafka_dir / "kafka.pid").write_text(str(proc.pid))
@@ -207,7 +219,8 @@ class Platform:
             from kafka import KafkaAdminClient
 
             admin = KafkaAdminClient(
-                bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=3000,
+                bootstrap_servers=self.s.kafka_bootstrap,
+                request_timeout_ms=3000,
                 client_id="rdv-ready",
             )
             try:
@@ -223,15 +236,19 @@ class Platform:
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
-        spec = spec if spec is not None else yaml.safe_load(
-            (ROOT / "deploy" / "topics.yaml").read_text()
+        spec = (
+            spec
+            if spec is not None
+            else yaml.safe_load((ROOT / "deploy" / "topics.yaml").read_text())
         )
         admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, client_id="rdv-topics")
         try:
             existing = set(admin.list_topics())
             new = [
                 NewTopic(
-                    name, int(conf.get("partitions", 1)), 1,
+                    name,
+                    int(conf.get("partitions", 1)),
+                    1,
                     topic_configs={k: str(v) for k, v in (conf.get("config") or {}).items()},
                 )
                 for name, conf in spec.items()
@@ -274,8 +291,11 @@ class Platform:
         lib.mkdir(parents=True)
         # the wheel's distribution, plus flink-python in lib/ (thread mode on a session
         # cluster needs it there: PYFLINK-FACTS pitfall), plus the Kafka connector
-        jars = [*(pf / "lib").glob("*.jar"), *(pf / "opt").glob("flink-python-*.jar"),
-                *(self.jars / "flink").glob("*.jar")]
+        jars = [
+            *(pf / "lib").glob("*.jar"),
+            *(pf / "opt").glob("flink-python-*.jar"),
+            *(self.jars / "flink").glob("*.jar"),
+        ]
         for jar in jars:
             (lib / jar.name).symlink_to(jar)
         for d in ("log", "pids", "checkpoints", "savepoints"):
@@ -305,7 +325,10 @@ class Platform:
     def _flink_script(self, name: str, *args: str) -> None:
         out = subprocess.run(
             ["bash", str(pyflink_home() / "bin" / name), *args],
-            env=self.flink_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            env=self.flink_env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
         )
         if out.returncode != 0:
             raise PlatformError(f"{name} {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
@@ -313,7 +336,7 @@ class Platform:
     def flink_overview(self) -> dict | None:
         try:
             with urllib.request.urlopen(self.s.flink_rest + "/overview", timeout=2) as r:
-                return json.load(r)  # type: ignore[no-any-return]
+                return json.load(r)
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
@@ -333,15 +356,20 @@ class Platform:
             self._check_port_free(self.s.flink_rest_port, "Flink REST")
             self._prepare_flink()
             self._flink_script("jobmanager.sh", "start")
-            wait_for("Flink JobManager", lambda: self.flink_overview() is not None, 60,
-                     self.flink_dir / "log")
+            wait_for(
+                "Flink JobManager",
+                lambda: self.flink_overview() is not None,
+                60,
+                self.flink_dir / "log",
+            )
             ov = self.flink_overview() or {}
         for _ in range(ov.get("taskmanagers", 0), self.s.taskmanagers):
             self._flink_script("taskmanager.sh", "start")
         wait_for(
             f"{self.s.taskmanagers} Flink TaskManagers",
             lambda: (self.flink_overview() or {}).get("taskmanagers", 0) >= self.s.taskmanagers,
-            90, self.flink_dir / "log",
+            90,
+            self.flink_dir / "log",
         )
 
     def stop_flink(self) -> None:
@@ -368,13 +396,22 @@ class Platform:
         ov = self.flink_overview()
         kafka_up = self._kafka_pid() is not None and self._kafka_ready()
         return [
-            ServiceStatus("kafka", self.s.kafka_bootstrap, kafka_up,
-                          f"KRaft single node, data in {self.kafka_dir / 'data'}"),
             ServiceStatus(
-                "flink", self.s.flink_rest, ov is not None,
-                (f"{ov.get('taskmanagers')} TaskManagers, {ov.get('slots-available')}/"
-                 f"{ov.get('slots-total')} slots free, {ov.get('jobs-running')} jobs running")
-                if ov else "",
+                "kafka",
+                self.s.kafka_bootstrap,
+                kafka_up,
+                f"KRaft single node, data in {self.kafka_dir / 'data'}",
+            ),
+            ServiceStatus(
+                "flink",
+                self.s.flink_rest,
+                ov is not None,
+                (
+                    f"{ov.get('taskmanagers')} TaskManagers, {ov.get('slots-available')}/"
+                    f"{ov.get('slots-total')} slots free, {ov.get('jobs-running')} jobs running"
+                )
+                if ov
+                else "",
             ),
         ]
 

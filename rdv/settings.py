@@ -51,11 +51,9 @@ class Settings:
             if raw is None:
                 continue
             try:
-                kwargs[f.name] = Path(raw) if f.name == "home" else (
-                    int(raw) if f.type in ("int", int) else raw
+                kwargs[f.name] = (
+                    Path(raw) if f.name == "home" else (int(raw) if f.type in ("int", int) else raw)
                 )
             except ValueError:
-                raise SystemExit(
-                    f"RDV_{f.name.upper()}={raw!r}: expected an integer"
-                ) from None
+                raise SystemExit(f"RDV_{f.name.upper()}={raw!r}: expected an integer") from None
         return cls(**kwargs)  # type: ignore[arg-type]

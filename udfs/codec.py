@@ -29,14 +29,18 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import fastavro.schema
+from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
+from fastavro.repository.flat_dict import FlatDictRepository
 
 Record = dict[str, Any]
 
-SCHEMA_DIR = Path(os.environ.get("RDV_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas"))
+SCHEMA_DIR = Path(
+    os.environ.get("RDV_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas")
+)
 
 #: the message types of the contract, one file each in schemas/
 MESSAGE_TYPES = ("Request", "Score", "Result", "Control", "Metric", "Span", "Alert", "DeadLetter")
@@ -78,26 +82,41 @@ def _schema_file(name: str, schema_dir: Path) -> Path:
     raise FileNotFoundError(f"no schema {name!r} in {schema_dir}")
 
 
+class _ChainRepository(AbstractSchemaRepository):
+    """Looks a named schema up in the first directory that has it."""
+
+    def __init__(self, *dirs: Path) -> None:
+        self.repos = [FlatDictRepository(str(d)) for d in dirs]
+
+    def load(self, name: str) -> Any:
+        for i, repo in enumerate(self.repos):
+            try:
+                return repo.load(name)
+            except SchemaRepositoryError:
+                if i == len(self.repos) - 1:
+                    raise
+        raise SchemaRepositoryError(name)
+
+
 class Codec:
     """Encoder/decoder for one message type (parsed once; cheap to call)."""
 
     def __init__(self, name: str, schema_dir: Path = SCHEMA_DIR) -> None:
         self.name = name
         path = _schema_file(name, schema_dir)
-        self.schema = fastavro.schema.load_schema(str(path))
-        self.fullname: str = self.schema["name"]  # type: ignore[index,call-overload]
-        self._has_envelope = any(
-            f["name"] == "message_id"
-            for f in self.schema["fields"]  # type: ignore[index,call-overload]
-        )
+        self.schema = cast("dict[str, Any]", fastavro.schema.load_schema(str(path)))
+        self.fullname: str = self.schema["name"]
+        self._has_envelope = any(f["name"] == "message_id" for f in self.schema["fields"])
         # older versions, newest first: schemas/history/<Name>.v<N>.avsc
         hist = sorted(
             (schema_dir / "history").glob(f"{name}.v*.avsc"),
             key=lambda p: int(p.stem.rsplit(".v", 1)[1]),
             reverse=True,
         )
+        # an old version may refer to the shared types (rdv.*) of the current directory
         self._history = [
-            fastavro.schema.load_schema(str(p), _named_schemas={}) for p in hist
+            fastavro.schema.load_schema(p.stem, repo=_ChainRepository(p.parent, schema_dir))
+            for p in hist
         ]
 
     def encode(self, record: Record) -> bytes:
@@ -125,7 +144,9 @@ class Codec:
         try:
             rec = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as e:  # noqa: BLE001 - any failure of untrusted bytes is data, not a bug
-            return DecodeError(self.fullname, f"truncated or malformed Avro: {type(e).__name__}: {e}")
+            return DecodeError(
+                self.fullname, f"truncated or malformed Avro: {type(e).__name__}: {e}"
+            )
         if buf.tell() != len(data):
             return DecodeError(
                 self.fullname,
@@ -166,7 +187,11 @@ def envelope(component: str, version: str, *, tags: dict[str, str] | None = None
 def add_hop(record: Record, component: str, version: str, at_ms: int | None = None) -> Record:
     """Append a provenance hop in place (and return the record, for chaining)."""
     record["provenance"]["hops"].append(
-        {"component": component, "version": version, "timestamp": now_ms() if at_ms is None else at_ms}
+        {
+            "component": component,
+            "version": version,
+            "timestamp": now_ms() if at_ms is None else at_ms,
+        }
     )
     return record
 

@@ -83,8 +83,8 @@ PATTERNS = {  # weight, expected fraudulent transactions per episode
     "sanctioned_country": (0.05, 1.0),
 }
 #: fraudsters like the night: episodes are this much likelier then, and mostly night_risky
-NIGHT_FRAUD_FACTOR = 5.0
-NIGHT_RISKY_WEIGHT = 2.0
+NIGHT_FRAUD_FACTOR = 10.0
+NIGHT_RISKY_WEIGHT = 3.0
 #: mean time between two transactions of one card (before the day/night rhythm)
 MEAN_CARD_GAP_MS = 6 * 3_600_000
 _NIGHT = range(0, 5)
