@@ -86,11 +86,29 @@ def config_from_args(cls: type, argv: Sequence[str] | None, prog: str) -> Any:
             help=f"(env RDV_{f.name.upper()})",
         )
     ns = parser.parse_args(argv)
-    kwargs = {k: v for k, v in vars(ns).items() if v is not None}
+    kwargs = {}
+    for f in fields(cls):
+        v = getattr(ns, f.name)
+        if isinstance(v, str) and str(f.type) in ("int", "bool"):  # defaults from env
+            try:
+                v = int(v) if str(f.type) == "int" else _flag(v)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                parser.error(f"RDV_{f.name.upper()}: {e}")
+        if v is not None:
+            kwargs[f.name] = v
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         parser.error(str(e))
+
+
+def _flag(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def kafka_source(

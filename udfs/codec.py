@@ -43,7 +43,9 @@ SCHEMA_DIR = Path(
 )
 
 #: the message types of the contract, one file each in schemas/
-MESSAGE_TYPES = ("Request", "Score", "Result", "Control", "Metric", "Span", "Alert", "DeadLetter")
+MESSAGE_TYPES = (
+    "Request", "Score", "Result", "Control", "Profile", "Metric", "Span", "Alert", "DeadLetter",
+)
 
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 

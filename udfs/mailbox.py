@@ -186,13 +186,16 @@ def is_late(mailbox: Mailbox | None) -> bool:
     return mailbox is not None and mailbox.answered
 
 
-def cleanup_at(mailbox: Mailbox, schedule: Schedule) -> int | None:
+def cleanup_at(
+    mailbox: Mailbox, schedule: Schedule, tombstone_ms: int = TOMBSTONE_MS,
+    orphan_ms: int = ORPHAN_MS,
+) -> int | None:
     """When the state may be cleared: tombstone expiry, or orphan expiry (no request yet);
     None for an open mailbox (:func:`decide` always answers it by its deadline)."""
     if mailbox.answered:
-        return mailbox.answered_at_ms + TOMBSTONE_MS
+        return mailbox.answered_at_ms + tombstone_ms
     if mailbox.request is None:
-        return mailbox.opened_at_ms + schedule.deadline_ms + ORPHAN_MS
+        return mailbox.opened_at_ms + schedule.deadline_ms + orphan_ms
     return None
 
 

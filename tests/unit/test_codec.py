@@ -77,6 +77,8 @@ def sample(kind: str) -> dict:
             document=None,
             token={"job": "rendezvous", "epoch": 3, "new_owner": "b"},
         ),
+        "Profile": dict(entity_key="card-1", numbers={"avg_amount": 40.0},
+                        labels={"home_country": "NL"}),
         "Metric": dict(
             name="score",
             subject="m",

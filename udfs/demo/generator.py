@@ -13,7 +13,9 @@ Fraud patterns (the pattern name comes with each transaction from
 - ``amount_spike``: an amount far above the customer's average, sometimes above the limit;
 - ``night_risky``: gambling / crypto / digital goods, card not present, at night;
 - ``small_burst``: card testing - a burst of tiny online payments within minutes;
-- ``sanctioned_country``: an online payment to a merchant in a sanctioned country.
+- ``sanctioned_country``: an online payment to a merchant in a sanctioned country;
+- ``account_takeover``: an online purchase that looks almost like the owner's (a little
+  larger, a common category) - hard to catch, as in real life.
 
 Legitimate traffic has look-alikes (real trips abroad, occasional big purchases, some
 night-time gambling) so that no single feature separates the classes.
@@ -81,6 +83,7 @@ PATTERNS = {  # weight, expected fraudulent transactions per episode
     "night_risky": (0.25, 1.0),  # only at night, where it weighs NIGHT_RISKY_WEIGHT
     "small_burst": (0.10, 6.0),
     "sanctioned_country": (0.05, 1.0),
+    "account_takeover": (0.15, 1.0),
 }
 #: fraudsters like the night: episodes are this much likelier then, and mostly night_risky
 NIGHT_FRAUD_FACTOR = 10.0
@@ -307,6 +310,10 @@ class _Sim:
             category = rng.choice(("online_retail", "crypto", "travel"))
             country = rng.choice(SANCTIONED)
             amount = avg * rng.uniform(1, 5)
+        elif pattern == "account_takeover":
+            category = rng.choice(("online_retail", "electronics", "retail"))
+            country = p["home_country"]
+            amount = min(avg * rng.uniform(1.5, 4) * rng.lognormvariate(0, 0.4), 0.9 * limit)
         else:  # pragma: no cover - PATTERNS and this function change together
             raise AssertionError(pattern)
         return self._request(i, t, c, round(amount, 2), category, country, present, lat, lon)

@@ -64,12 +64,13 @@ class RequestPairer:
     """Pairs scores of the same request: every model with every reference model.
 
     A request's entry holds ``{model: (quantile, payload)}`` until evicted (bounded LRU by
-    arrival: at most ``max_pending`` requests). When two references both score a request, the
-    later one in ``references`` is paired against the earlier (e.g. canary vs champion).
+    arrival: at most ``max_pending`` requests). ``references`` are in order of authority:
+    when two references both score a request, the later one is the model and the earlier
+    the reference (default: canary vs champion).
     """
 
     def __init__(
-        self, references: Sequence[str] = ("canary", "champion"), max_pending: int = 100_000
+        self, references: Sequence[str] = ("champion", "canary"), max_pending: int = 100_000
     ) -> None:
         self.references = tuple(references)
         self.max_pending = max_pending
@@ -169,8 +170,12 @@ class Comparison:
     def fraction_disagree(self) -> float:
         return self.n_disagree / self.n if self.n else 0.0
 
-    def qq_points(self, probs: Sequence[float] = tuple(i / 20 for i in range(1, 20))):
-        """[(p, model quantile at p, reference quantile at p)] of the marginals."""
+    def qq_points(
+        self, probs: Sequence[float] | None = None
+    ) -> list[tuple[float, float, float]]:
+        """[(p, model quantile at p, reference quantile at p)] of the marginals (default p:
+        0.05, 0.10, ..., 0.95)."""
+        probs = probs if probs is not None else [i / 20 for i in range(1, 20)]
         if self.n == 0:
             return []
         return [(p, float(self.model_q.quantile(p)), float(self.ref_q.quantile(p)))

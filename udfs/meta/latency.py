@@ -20,7 +20,7 @@ only used for reporting; stored windows / metric records carry the raw counts.
 
 Measured (``tests/unit/test_meta_latency.py``): 10 min at 100 req/s, lognormal latency
 (median 5 ms), a 30 s stall in which 4 in-flight requests wait 30 s: whole-run p99.9 =
-20.5 ms (no trace of the stall), while the windowed report shows 7 windows (the 6 empty 5 s
+23.8 ms (no trace of the stall), while the windowed report shows 7 windows (the 6 empty 5 s
 windows of the stall, filled, plus the one where the stall ends) with p99.9 = max ≈ 30 s.
 
 >>> lat = WindowedLatency(window_ms=5_000)
