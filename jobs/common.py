@@ -132,7 +132,6 @@ def kafka_source(
         .set_topics(*topics)
         .set_group_id(group_id or kafka.group_id or "rdv-" + "-".join(topics))
         .set_starting_offsets(starts[kafka.start_from])
-        .set_property("fetch.max.wait.ms", "5")
         .set_property("partition.discovery.interval.ms", "10000")
         .set_property("client.id.prefix", group_id or kafka.group_id or "rdv")
     )

@@ -46,7 +46,9 @@ class RendezvousClient:
         self._producer = producer(self.settings)
         self._consumer = KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
-            fetch_max_wait_ms=5, fetch_min_bytes=1,
+            # the broker answers a fetch as soon as one byte is there (long poll): a short
+            # max wait would only add idle round trips
+            fetch_min_bytes=1,
         )
         parts = self._consumer.partitions_for_topic(return_address)
         if not parts:

@@ -153,4 +153,5 @@ class Pipeline:
 
 def schedule_doc(path: Path | str) -> dict:
     """A schedule file (YAML or JSON) as a dict, validated."""
-    return json.loads(parse_schedule(Path(path).read_text()).to_json())  # type: ignore[no-any-return]
+    doc: dict = json.loads(parse_schedule(Path(path).read_text()).to_json())
+    return doc

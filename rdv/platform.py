@@ -280,6 +280,11 @@ class Platform:
             FLINK_LOG_DIR=str(self.flink_dir / "log"),
             PYFLINK_CLIENT_EXECUTABLE=str(self.s.python),
             PATH=f"{self.s.python.parent}:{env.get('PATH', '')}",
+            # all Python of a TaskManager shares one GIL: native thread pools (OpenMP in
+            # scikit-learn, BLAS) would only spin against it
+            OMP_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
         )
         return env
 
