@@ -152,3 +152,22 @@ def savepoint(
             return str(op["location"])
         time.sleep(0.2)
     raise PlatformError(f"savepoint of {job_id} not complete after {timeout:.0f} s")
+
+
+def metric(job_id: str, name: str, settings: Settings | None = None) -> float | None:
+    """Sum over all operators and subtasks of a job of the metrics whose id ends in
+    ``name`` (e.g. ``rendezvous.open_mailboxes``); None when no such metric exists yet."""
+    info = job(job_id, settings)
+    total: float | None = None
+    for v in info.get("vertices", []):
+        base = f"/jobs/{job_id}/vertices/{v['id']}/metrics"
+        ids = [m["id"] for m in _rest("GET", base, settings=settings) or []
+               if m["id"].endswith(name)]
+        if not ids:
+            continue
+        for m in _rest("GET", f"{base}?get={','.join(ids)}", settings=settings) or []:
+            try:
+                total = (total or 0.0) + float(m["value"])
+            except (KeyError, ValueError):
+                continue
+    return total

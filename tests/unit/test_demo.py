@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -11,13 +12,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from udfs.codec import codec_for
 from udfs.demo import generator as g
-from udfs.demo.train import MODELS, SOURCE_DIR, make_dataset, train_all
-from udfs.model_package import LoadedModel, build_score, load_model
+from udfs.demo.train import (
+    MODELS,
+    SOURCE_DIR,
+    _fit_gbm,
+    feature_matrix,
+    make_dataset,
+    train_all,
+)
+from udfs.model_package import LoadedModel, build_score, extract_inputs, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -231,6 +240,48 @@ def test_logreg_predict_is_fast(trained: tuple[Path, dict[str, Any], float]) -> 
     assert statistics.median(times) < 1_000_000  # < 1 ms (typically ~20 us)
 
 
+def test_gbm_exported_trees_match_sklearn(tmp_path: Path) -> None:
+    """predict.py's pure-Python tree walk == sklearn predict_proba, incl. NaN routing and
+    unknown categories; and it is fast per request."""
+    pkg = tmp_path / "fraud_gbm"
+    shutil.copytree(SOURCE_DIR / "fraud_gbm", pkg,
+                    ignore=shutil.ignore_patterns("*.json", "*.joblib", "__pycache__"))
+    train_req, y = make_dataset(4000, 7)
+    x, module = feature_matrix(pkg, train_req)
+    clf = _fit_gbm(pkg, x, np.asarray(y), module, seed=7)
+    assert not (pkg / "model.joblib").exists()
+    model = load_model(pkg, strict_requirements=True)
+    requests, _ = make_dataset(1000, 8)
+    rng = random.Random(3)
+    rows = []
+    for r in requests:
+        inputs = extract_inputs(model.manifest.inputs, r)
+        rows.append(inputs)
+        damaged = dict(inputs)
+        for k in rng.sample(sorted(damaged), rng.randint(1, 6)):
+            damaged[k] = None
+        if rng.random() < 0.3:
+            damaged["inputs.labels.merchant_category"] = "no-such-category"
+        if rng.random() < 0.3:
+            damaged["external_state.labels.segment"] = "no-such-segment"
+        rows.append(damaged)
+    xs = np.array([module.features(i) for i in rows], dtype=np.float64)
+    assert np.isnan(xs).any(axis=1).sum() > 1000
+    expected = clf.predict_proba(xs)[:, 1]
+    evaluator = module.Model(pkg)
+    got = np.array([evaluator.probability(row) for row in xs.tolist()])
+    assert float(np.max(np.abs(got - expected))) < 1e-9
+    served = [model.predict(r)[0] for r in requests]
+    assert np.max(np.abs(np.array([o["numbers"]["fraud_probability"] for o in served])
+                         - expected[0::2])) < 1e-9
+    times = []
+    for r in requests:
+        t0 = time.perf_counter_ns()
+        model.predict(r)
+        times.append(time.perf_counter_ns() - t0)
+    assert statistics.median(times) < 1_000_000  # < 1 ms (typically ~40 us; sklearn ~1.4 ms)
+
+
 # --------------------------------------------------------------------------- repo files
 
 
@@ -246,8 +297,9 @@ def test_demo_schedule_file() -> None:
 
 
 def test_trained_artifacts_are_git_ignored() -> None:
-    paths = ["models/fraud_gbm/model.joblib", "models/fraud_logreg/coefficients.json",
-             "models/fraud_gbm/metrics.json", "models/fraud_gbm/gbm.json"]
+    paths = ["models/fraud_gbm/trees.json", "models/fraud_logreg/coefficients.json",
+             "models/fraud_gbm/metrics.json", "models/fraud_gbm/model.joblib",
+             "models/fraud_gbm/gbm.json"]
     got = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True,
                          text=True, check=False)
     assert got.stdout.split() == paths

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import statistics
@@ -43,7 +44,8 @@ MODELS = ("fraud_logreg", "fraud_gbm", "fraud_rules", "fraud_canary")
 THRESHOLDS = {"review": 0.3, "decline": 0.8}
 #: share of cards whose profile augment does not find, so models learn to live without it
 PROFILE_MISSING_RATE = 0.03
-_GENERATED = ("coefficients.json", "model.joblib", "gbm.json", "metrics.json", "__pycache__")
+_GENERATED = ("coefficients.json", "trees.json", "model.joblib", "gbm.json", "metrics.json",
+              "__pycache__")
 
 
 def make_dataset(n: int, seed: int) -> tuple[list[Record], list[int]]:
@@ -96,8 +98,87 @@ def _fit_logistic(package_dir: Path, x: np.ndarray, y: np.ndarray, names: Sequen
     (package_dir / "coefficients.json").write_text(json.dumps(spec, indent=2) + "\n")
 
 
+def _bitset_members(words: Any) -> list[int]:
+    """The values set in one scikit-learn bitset (8 uint32 words -> values 0..255)."""
+    return [32 * w + b for w, word in enumerate(words) for b in range(32) if int(word) >> b & 1]
+
+
+def _json_float(v: Any) -> float | str:
+    """A split threshold for JSON: ``"inf"``/``"-inf"`` (float() reads them back) for the
+    infinite thresholds of splits that only separate missing values."""
+    f = float(v)
+    if f != f:
+        raise ValueError("NaN split threshold")
+    return f if math.isfinite(f) else repr(f)
+
+
+def export_trees(clf: Any, names: Sequence[str]) -> Record:
+    """A fitted binary ``HistGradientBoostingClassifier`` as plain JSON-able data.
+
+    Exactly what sklearn's ``predict_proba`` evaluates (``_raw_predict`` over
+    ``_predictors`` plus ``_baseline_prediction``, then expit), so that predict.py can walk
+    the trees in pure Python. Floats survive JSON unchanged (repr round-trips).
+
+    * ``columns[j]``: the feature index tree column ``j`` reads. With categorical features
+      the estimator's ColumnTransformer puts them first, so tree columns are reordered.
+    * ``categories[j]``: for a categorical tree column, the raw values its OrdinalEncoder
+      knows; a value's code is its position, anything else (unknown, NaN) is NaN.
+    * ``known_categories[j]``: the codes the bin mapper knows (others route as missing).
+    * each tree: parallel node lists; ``left_categories`` is the left-going code set of a
+      categorical split (from ``raw_left_cat_bitsets``), ``None`` elsewhere.
+    """
+    if clf.n_trees_per_iteration_ != 1:
+        raise ValueError("export_trees supports binary classifiers only")
+    n = len(names)
+    pre = clf._preprocessor
+    columns = list(range(n))
+    categories: dict[str, list[float]] = {}
+    if pre is not None:
+        columns = []
+        for tname, _, _ in pre.transformers_:
+            columns.extend(int(i) for i in pre._transformer_to_input_indices[tname])
+        encoder = pre.named_transformers_["encoder"]
+        start = pre.output_indices_["encoder"].start
+        for k, cats in enumerate(encoder.categories_):
+            values = [float(c) for c in cats]
+            if values and values[-1] != values[-1]:  # NaN is encoded as missing
+                values = values[:-1]
+            categories[str(start + k)] = values
+    if sorted(columns) != list(range(n)):
+        raise ValueError(f"unexpected column layout {columns}")
+    mapper = clf._bin_mapper
+    known = {str(j): [int(v) for v in mapper.bin_thresholds_[j]]
+             for j in range(n) if mapper.is_categorical_[j]}
+    if set(known) != set(categories):
+        raise ValueError("categorical columns of the encoder and bin mapper differ")
+    trees = []
+    for (predictor,) in clf._predictors:
+        nodes = predictor.nodes
+        bitsets = predictor.raw_left_cat_bitsets
+        leaf = [bool(v) for v in nodes["is_leaf"]]
+        cat = [bool(v) and not lf for v, lf in zip(nodes["is_categorical"], leaf, strict=True)]
+        trees.append({
+            "feature": [int(v) for v in nodes["feature_idx"]],
+            "threshold": [0.0 if lf or c else _json_float(v)
+                          for v, lf, c in zip(nodes["num_threshold"], leaf, cat, strict=True)],
+            "missing_left": [bool(v) for v in nodes["missing_go_to_left"]],
+            "left": [int(v) for v in nodes["left"]],
+            "right": [int(v) for v in nodes["right"]],
+            "is_leaf": leaf,
+            "value": [float(v) if lf else 0.0 for v, lf in zip(nodes["value"], leaf, strict=True)],
+            "left_categories": [_bitset_members(bitsets[b]) if c else None
+                                for b, c in zip(nodes["bitset_idx"], cat, strict=True)],
+        })
+    return {
+        "columns": columns,
+        "categories": categories,
+        "known_categories": known,
+        "baseline": float(clf._baseline_prediction[0, 0]),
+        "trees": trees,
+    }
+
+
 def _fit_gbm(package_dir: Path, x: np.ndarray, y: np.ndarray, module: Any, seed: int) -> Any:
-    import joblib
     import sklearn
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -108,9 +189,12 @@ def _fit_gbm(package_dir: Path, x: np.ndarray, y: np.ndarray, module: Any, seed:
         early_stopping=False, random_state=seed,
     )
     clf.fit(x, y)
-    joblib.dump(clf, package_dir / "model.joblib")
-    meta = {"features": names, "thresholds": THRESHOLDS, "sklearn": sklearn.__version__}
-    (package_dir / "gbm.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # predict.py walks the exported trees in pure Python: no sklearn/joblib when serving
+    spec = {"features": names, "thresholds": THRESHOLDS, "sklearn": sklearn.__version__,
+            **export_trees(clf, names)}
+    (package_dir / "trees.json").write_text(json.dumps(spec, allow_nan=False) + "\n")
+    for stale in ("model.joblib", "gbm.json"):  # artifacts of the former sklearn runtime
+        (package_dir / stale).unlink(missing_ok=True)
     return clf
 
 
