@@ -30,7 +30,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, StreamExecutionEnvironment
 from pyflink.datastream.state import ValueStateDescriptor
 
-from jobs.common import OUT_RECORD, VERSION, KafkaConfig, config_from_args, read, write
+from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
 from udfs.codec import DecodeError, add_hop, codec_for, dead_letter
 from udfs.profiles import to_flat
 
@@ -70,9 +70,7 @@ class Augment(KeyedProcessFunction):
         self.dl = codec_for("DeadLetter")
         self.features: FeatureFn = _load(self.config.features)
         self.card_point = _load(self.config.point)
-        mg = runtime_context.get_metrics_group().add_group("augment")
-        self.missing = mg.counter("missing_external_state")
-        self.augmented = mg.counter("augmented")
+        self.counts = Counts(runtime_context, "augment", ("augmented", "missing_external_state"))
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
         topic, partition, offset, _, key, payload = value
@@ -103,14 +101,14 @@ class Augment(KeyedProcessFunction):
         prev = json.loads(prev_json) if prev_json else None
         external, internal = self.features(req, profile, prev)
         if external.get("missing"):
-            self.missing.inc()
+            self.counts.inc("missing_external_state")
         req["external_state"] = external
         req["internal_state"] = internal
         here = self.card_point(req)
         if here is not None:
             self.point.update(json.dumps(here))
         add_hop(req, "augment", VERSION)
-        self.augmented.inc()
+        self.counts.inc("augmented")
         yield Row(self.config.input_topic, key, self.requests.encode(req))
 
     def _dead(self, reason: str, value: Row) -> Row:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pyflink.common import Row, Types, WatermarkStrategy
@@ -182,19 +182,18 @@ def write(stream: DataStream, kafka: KafkaConfig, *, uid: str) -> None:
     stream.sink_to(kafka_sink(kafka)).uid(uid).name("kafka sink")
 
 
-@dataclass
-class Counters:
-    """Per-operator counts exposed as Flink metrics (and readable in tests)."""
+class Counts:
+    """Per-operator event counts, exposed as Flink gauges (``<group>.<name>``).
 
-    names: tuple[str, ...] = ()
-    values: dict[str, Any] = field(default_factory=dict)
+    Counting is a Python int add; a Flink counter would cost a call into the JVM per
+    increment (~4% of a TaskManager's Python time in a py-spy profile at 200 req/s).
+    """
 
-    def bind(self, runtime_context: Any, group: str) -> None:
+    def __init__(self, runtime_context: Any, group: str, names: Sequence[str]) -> None:
+        self.values: dict[str, int] = dict.fromkeys(names, 0)
         mg = runtime_context.get_metrics_group().add_group(group)
-        for n in self.names:
-            self.values[n] = mg.counter(n)
+        for n in names:
+            mg.gauge(n, lambda n=n: self.values[n])
 
     def inc(self, name: str, n: int = 1) -> None:
-        c = self.values.get(name)
-        if c is not None:
-            c.inc(n)
+        self.values[name] += n

@@ -28,7 +28,7 @@ import fastavro
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, StreamExecutionEnvironment
 
-from jobs.common import OUT_RECORD, VERSION, KafkaConfig, config_from_args, read, write
+from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
 from rdv.settings import ROOT
 from udfs.codec import DecodeError, codec_for, dead_letter
 
@@ -51,10 +51,14 @@ def archive_path(root: Path, timestamp_ms: int, topic: str, partition: int) -> P
 
 
 def read_archive(root: Path | str) -> Iterator[dict]:
-    """Every archived request, file by file (oldest hour first)."""
+    """Every archived request, file by file (oldest hour first). A file being appended to
+    may end in a partial block: what precedes it is read, the partial block is skipped."""
     for f in sorted(Path(root).glob("dt=*/hour=*/*.avro")):
         with open(f, "rb") as fo:
-            yield from fastavro.reader(fo)  # type: ignore[misc]
+            try:
+                yield from fastavro.reader(fo)  # type: ignore[misc]
+            except (EOFError, ValueError, OSError):
+                continue
 
 
 class Archive(KeyedProcessFunction):
@@ -66,8 +70,7 @@ class Archive(KeyedProcessFunction):
         self.dl = codec_for("DeadLetter")
         self.root = Path(self.config.archive_dir)
         self.buffers: dict[tuple[str, int], list[tuple[int, dict]]] = {}
-        mg = runtime_context.get_metrics_group().add_group("decoy")
-        self.archived = mg.counter("archived")
+        self.counts = Counts(runtime_context, "decoy", ("archived",))
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
         topic, partition, offset, _, key, payload = value
@@ -95,10 +98,10 @@ class Archive(KeyedProcessFunction):
             by_file.setdefault(archive_path(self.root, ts, topic, partition), []).append(rec)
         for path, recs in by_file.items():
             path.parent.mkdir(parents=True, exist_ok=True)
+            # a+b: fastavro reads the existing header and appends blocks with its sync marker
             with open(path, "a+b") as fo:
-                fo.seek(0)
                 fastavro.writer(fo, self.codec.schema, recs, codec="null")
-            self.archived.inc(len(recs))
+            self.counts.inc("archived", len(recs))
 
     def close(self) -> None:
         for topic, partition in list(self.buffers):

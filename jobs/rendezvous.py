@@ -38,6 +38,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from jobs.common import (
     OUT_RECORD,
     VERSION,
+    Counts,
     KafkaConfig,
     config_from_args,
     read,
@@ -135,17 +136,16 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.live: Schedule | None = None
         self.open_mailboxes = 0
         self.tombstones = 0
-        self.counts: dict[str, Any] = {}
+        self.counts = Counts(runtime_context, "rendezvous", (
+            "results_preferred", "results_fallback", "results_default", "results_none",
+            "late_scores", "duplicate_scores", "orphans_dropped", "dead_letters",
+            "schedules_applied", "bad_return_address"))
         mg = runtime_context.get_metrics_group().add_group("rendezvous")
-        for name in ("results_preferred", "results_fallback", "results_default", "results_none",
-                     "late_scores", "duplicate_scores", "orphans_dropped", "dead_letters",
-                     "schedules_applied", "bad_return_address"):
-            self.counts[name] = mg.counter(name)
         mg.gauge("open_mailboxes", lambda: self.open_mailboxes)
         mg.gauge("tombstones", lambda: self.tombstones)
 
     def _inc(self, name: str, n: int = 1) -> None:
-        self.counts[name].inc(n)
+        self.counts.inc(name, n)
 
     # ------------------------------------------------------------------ schedules
     def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Row]:

@@ -33,7 +33,7 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import ValueStateDescriptor
 
-from jobs.common import OUT_RECORD, VERSION, KafkaConfig, config_from_args, read, write
+from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
 from udfs.codec import DecodeError, codec_for, dead_letter
 from udfs.model_package import load_manifest, load_model, score_request
 
@@ -65,11 +65,10 @@ class Scorer:
         self.scores = codec_for("Score")
         self.dl = codec_for("DeadLetter")
         self.component = f"score:{self.model.name}"
-        self.errors = self.scored = None
-        if runtime_context is not None:
-            mg = runtime_context.get_metrics_group().add_group("model", self.model.name)
-            self.scored = mg.counter("scored")
-            self.errors = mg.counter("errors")
+        self.counts = (
+            Counts(runtime_context, "model", ("scored", "errors"))
+            if runtime_context is not None else None
+        )
 
     def score(self, value: Row, state: dict | None = None) -> tuple[Row, dict | None]:
         topic, partition, offset, _, key, payload = value
@@ -86,10 +85,10 @@ class Scorer:
         if fault is not None and fault["kind"] == "fail":
             score["outputs"] = {"numbers": {}, "labels": {}, "refs": {}}
             score["error"] = "injected failure (diagnostics.faults)"
-        if self.scored is not None:
-            self.scored.inc()
-            if score["error"] and self.errors is not None:
-                self.errors.inc()
+        if self.counts is not None:
+            self.counts.inc("scored")
+            if score["error"]:
+                self.counts.inc("errors")
         out = Row(self.config.scores_topic, req["request_id"].encode(), self.scores.encode(score))
         return out, new_state
 

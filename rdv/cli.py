@@ -114,7 +114,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     return commands.replay(Path(args.archive_dir), args.topic, create=args.create,
-                           partitions=args.partitions)
+                           partitions=args.partitions, source_topic=args.source_topic)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -248,10 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the decoy's archive (Avro files, requests exactly as the models saw "
         "them), drop duplicates by message_id, and produce each request to TOPIC keyed by its "
         "entity key: run a model in development on real input.",
-        epilog="example: rdv replay .rdv/archive --topic input-dev --create")
+        epilog="example: rdv replay .rdv/archive --source-topic input --topic input-dev --create")
     rp.add_argument("archive_dir", help="the archive directory (default of the decoy: "
                     ".rdv/archive)")
     rp.add_argument("--topic", required=True, help="topic to produce to")
+    rp.add_argument("--source-topic", metavar="INPUT",
+                    help="only requests archived from this input topic (the archive holds one "
+                    "file set per input topic; default: all)")
     rp.add_argument("--create", action="store_true", help="create the topic if missing")
     rp.add_argument("--partitions", type=_positive(int), default=2,
                     help="partitions of a created topic (default 2)")

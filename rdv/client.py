@@ -133,7 +133,11 @@ class RendezvousClient:
     # ------------------------------------------------------------------ receiving
     def _listen(self) -> None:
         while not self._stop.is_set():
-            batch = self._consumer.consume(num_messages=500, timeout=0.05)
+            # block for the first message only, then take what is already there
+            first = self._consumer.poll(0.05)
+            if first is None:
+                continue
+            batch = [first, *self._consumer.consume(num_messages=500, timeout=0)]
             now = time.time_ns() // 1_000_000
             for msg in batch:
                 if msg.error() is not None:

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -476,17 +476,38 @@ def print_result(res: Mapping[str, Any], latency_ms: int) -> None:
 # --------------------------------------------------------------------------- replay
 
 
-def replay(archive_dir: Path, topic: str, *, create: bool, partitions: int) -> int:
-    from jobs.decoy import read_archive
+def read_archive_files(files: list[Path], problems: list[str]) -> Iterator[dict]:
+    """The requests in decoy archive files, in order. A file that ends in a partial block
+    (the decoy is appending to it right now, or was stopped mid-write) yields what precedes
+    the damage; the damage is reported in ``problems`` rather than stopping the replay."""
+    import fastavro
+
+    for f in files:
+        n = 0
+        try:
+            with open(f, "rb") as fo:
+                for rec in fastavro.reader(fo):
+                    n += 1
+                    yield rec  # type: ignore[misc]
+        except (ValueError, EOFError, OSError) as e:
+            problems.append(f"{f}: read {n} requests, then stopped: {e} (a partial block: "
+                            "the file is being written, or a write was cut off)")
+
+
+def replay(archive_dir: Path, topic: str, *, create: bool, partitions: int,
+           source_topic: str | None = None) -> int:
     from rdv.kafka_io import create_topics, producer
     from udfs.codec import codec_for
 
     if not archive_dir.is_dir():
         raise UsageError(f"archive {archive_dir}: no such directory (the decoy writes to "
                          f"{rel(Settings.from_env().home / 'archive')} by default)")
-    files = sorted(archive_dir.glob("dt=*/hour=*/*.avro"))
+    pattern = f"part-{source_topic}-*.avro" if source_topic else "*.avro"
+    files = sorted(archive_dir.glob(f"dt=*/hour=*/{pattern}"))
     if not files:
-        raise UsageError(f"archive {archive_dir}: no archive files (dt=*/hour=*/*.avro) there")
+        raise UsageError(f"archive {archive_dir}: no archive files (dt=*/hour=*/{pattern}) there")
+    problems: list[str] = []
+    records = read_archive_files(files, problems)
     if not _TOPIC_CHARS.match(topic) or not topic:
         raise UsageError(f"--topic {topic!r}: not a valid topic name")
     if topic not in existing_topics():
@@ -500,7 +521,7 @@ def replay(archive_dir: Path, topic: str, *, create: bool, partitions: int) -> i
     seen: set[str] = set()
     dup = 0
     try:
-        for rec in read_archive(archive_dir):
+        for rec in records:
             if rec["message_id"] in seen:
                 dup += 1
                 continue
@@ -511,6 +532,8 @@ def replay(archive_dir: Path, topic: str, *, create: bool, partitions: int) -> i
         p.close()
     print(f"replayed {len(seen)} requests from {len(files)} archive file(s) to {topic}"
           f"{f' ({dup} duplicates skipped)' if dup else ''}")
+    for p in problems:
+        note(f"warning: {p}")
     return 0
 
 

@@ -15,6 +15,7 @@ join), so a short low-rate warm-up runs first and is not counted in the summary.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -66,7 +67,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (nan when empty)."""
     if not sorted_values:
         return float("nan")
-    k = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -343,7 +344,7 @@ def print_summary(opts: DemoOptions, stats: Stats, warm_rate: float, unanswered:
     print(f"   sent                  {t.sent:7d}   ({t.sent / max(opts.seconds, 1e-9):.1f} req/s)")
     pct = 100.0 * t.answered / t.sent if t.sent else 0.0
     print(f"   answered              {t.answered:7d}   ({pct:.2f} %)")
-    print(f"   not answered in {opts.timeout:g} s {unanswered:7d}")
+    print(f"   {f'not answered in {opts.timeout:g} s':<21} {unanswered:7d}")
     if lat:
         print("   latency (client send -> result received, ms)")
         print(f"       p50 {percentile(lat, 50):.0f}   p90 {percentile(lat, 90):.0f}   "
@@ -374,15 +375,16 @@ def print_next_steps(opts: DemoOptions, topics: Topics, started: dict[str, str])
          "change the policy at run time (edit a copy: prefer fraud_logreg, shorter deadline)"),
         ("sql", "rdv sql \"SELECT model_id, reason, COUNT(*) FROM results GROUP BY model_id, "
          "reason\"", "query the streams"),
-        ("replay", f"rdv replay {rel(Settings.from_env().home / 'archive')} --topic "
-         f"{topics.input}-dev --create", "the decoy's archive, for a model in development"),
+        ("replay", f"rdv replay {rel(Settings.from_env().home / 'archive')} --source-topic "
+         f"{topics.input} --topic {topics.input}-dev --create",
+         "the decoy's archive, for a model in development"),
         ("demo", "rdv demo --rate 500 --seconds 30", "more traffic"),
     ]
     print()
     print("== what to try next")
     for cmd, line, why in tips:
         if cmd in have:
-            print(f"   {line:<62} {why}")
+            print(f"   # {why}\n   {line}")
     if opts.stop and started:
         return
     if opts.keep:

@@ -138,7 +138,9 @@ class Pipeline:
         p.flush()
         p.close()
 
-    def load_profiles(self, profiles: Iterable[Mapping[str, Any]], key_field: str = "card_id") -> int:
+    def load_profiles(
+        self, profiles: Iterable[Mapping[str, Any]], key_field: str = "card_id"
+    ) -> int:
         codec = codec_for("Profile")
         p = producer(self.settings, linger_ms=5)
         n = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import secrets
 import time
@@ -68,9 +69,16 @@ class SchemaError(ValueError):
     """A record does not fit its schema when encoding: a programming error, not data."""
 
 
+_ids = random.Random(secrets.randbits(128))
+
+
 def new_message_id() -> str:
-    """128-bit random id as 32 lowercase hex chars."""
-    return secrets.token_hex(16)
+    """128-bit random id as 32 lowercase hex chars.
+
+    Unique, not secret: a per-process generator seeded from the OS (``secrets`` reads
+    /dev/urandom per call, 6% of a model job's Python time in a profile).
+    """
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def now_ms() -> int:
