@@ -12,8 +12,9 @@ that overtook it) until it is answered; it then shrinks to a tombstone of a few 
 kept for ``tombstone_ms`` so that late scores are *counted* rather than re-opening the
 mailbox and producing a second answer, and is then cleared by a timer. A mailbox whose
 request never arrives (an orphan: scores only, no return address) is cleared
-``orphan_ms`` after its would-be deadline. So every key's state is bounded in time and
-``open_mailboxes`` (a gauge) returns to zero when traffic stops. The schedule lives in
+``orphan_ms`` after its would-be deadline. So every key's state is bounded in time, and
+the counters show it: opened − answered − orphans dropped (open mailboxes) and answered −
+tombstones cleared (tombstones) return to zero when traffic stops. The schedule lives in
 broadcast state, which is snapshotted with the job, and is re-read from the compacted
 ``control`` topic from the beginning on every start, so the last schedule sent wins.
 """
@@ -134,18 +135,23 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.control = codec_for("Control")
         self.schedules: dict[str, Schedule] = {}
         self.live: Schedule | None = None
-        self.open_mailboxes = 0
-        self.tombstones = 0
+        # open mailboxes = mailboxes_opened - results_* - orphans_dropped;
+        # tombstones = results_* - tombstones_cleared (see rdv.jobctl.mailbox_state)
         self.counts = Counts(runtime_context, "rendezvous", (
-            "results_preferred", "results_fallback", "results_default", "results_none",
-            "late_scores", "duplicate_scores", "orphans_dropped", "dead_letters",
-            "schedules_applied", "bad_return_address"))
-        mg = runtime_context.get_metrics_group().add_group("rendezvous")
-        mg.gauge("open_mailboxes", lambda: self.open_mailboxes)
-        mg.gauge("tombstones", lambda: self.tombstones)
+            "mailboxes_opened", "results_preferred", "results_fallback", "results_default",
+            "results_none", "tombstones_cleared", "late_scores", "duplicate_scores",
+            "orphans_dropped", "dead_letters", "schedules_applied", "bad_return_address"))
+        self.flush_timer = 0
 
     def _inc(self, name: str, n: int = 1) -> None:
         self.counts.inc(name, n)
+
+    def _flush_later(self, ctx: Any) -> None:
+        """Make sure batched counts reach Flink even when traffic stops (a timer on the
+        current key; any key will do)."""
+        if self.counts.pending and not self.flush_timer:
+            self.flush_timer = ctx.timer_service().current_processing_time() + 250
+            ctx.timer_service().register_processing_time_timer(self.flush_timer)
 
     # ------------------------------------------------------------------ schedules
     def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Row]:
@@ -209,7 +215,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             schedule = self._schedule(ctx, diag.get("fallback_schedule"))
             if mb is None:
                 mb = Mailbox(request_id)
-                self.open_mailboxes += 1
+                self._inc("mailboxes_opened")
             if not mb.attach_request(req, schedule):
                 self._store(mb)
                 return
@@ -220,7 +226,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 return
             if mb is None:
                 mb = Mailbox.from_score(score, now)
-                self.open_mailboxes += 1
+                self._inc("mailboxes_opened")
             before = mb.duplicates
             if mb.add_score(score, now) == LATE:
                 self._inc("late_scores")
@@ -230,6 +236,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         yield from self._advance(mb, schedule, now, ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
+        if timestamp == self.flush_timer:
+            self.flush_timer = 0
+            self.counts.flush()
         raw = self.state.value()
         if raw is None:
             return
@@ -238,12 +247,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         now = max(timestamp, ctx.timer_service().current_processing_time())
         clear_at = cleanup_at(mb, schedule, self.config.tombstone_ms, self.config.orphan_ms)
         if clear_at is not None and now >= clear_at:
-            if mb.answered:
-                self.tombstones -= 1
-            else:
-                self.open_mailboxes -= 1
-                self._inc("orphans_dropped")
+            self._inc("tombstones_cleared" if mb.answered else "orphans_dropped")
             self.state.clear()
+            self._flush_later(ctx)
             return
         # decide at the boundary the timer stands for: scores that came after it don't count
         yield from self._advance(mb, schedule, timestamp, ctx)
@@ -256,8 +262,6 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 result = build_result(mb, decision, mb.schedule_id, _envelope)
                 address = mb.request["return_address"]
                 mb.close(timers.current_processing_time())
-                self.open_mailboxes -= 1
-                self.tombstones += 1
                 self._inc("results_" + decision.reason)
                 yield Row(address, mb.request_id.encode(), self.results.encode(result))
             else:
@@ -268,6 +272,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         if clear_at is not None:
             timers.register_processing_time_timer(clear_at)
         self._store(mb)
+        self._flush_later(ctx)
 
     def _store(self, mb: Mailbox) -> None:
         self.state.update(mb.to_bytes())

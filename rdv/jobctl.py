@@ -171,3 +171,14 @@ def metric(job_id: str, name: str, settings: Settings | None = None) -> float | 
             except (KeyError, ValueError):
                 continue
     return total
+
+
+def mailbox_state(job_id: str, settings: Settings | None = None) -> tuple[int, int]:
+    """(open mailboxes, tombstones) of a rendezvous job, from its counters."""
+
+    def m(name: str) -> int:
+        return int(metric(job_id, f"rendezvous.{name}", settings) or 0)
+
+    answered = sum(m(f"results_{r}") for r in ("preferred", "fallback", "default", "none"))
+    return (m("mailboxes_opened") - answered - m("orphans_dropped"),
+            answered - m("tombstones_cleared"))

@@ -24,6 +24,20 @@ def platform() -> Iterator[Platform]:
         p.down()
 
 
+@pytest.fixture(scope="session")
+def demo_models() -> None:
+    """The demo model packages with their artifacts (trained here on a fresh clone: the
+    artifacts are produced, never committed)."""
+    from rdv.demo import missing_artifacts
+    from rdv.settings import ROOT
+    from udfs.demo.train import train_all
+
+    missing = missing_artifacts()
+    if missing:
+        train_all(ROOT / "models", models=tuple(missing), log=lambda m: None)
+    assert not missing_artifacts()
+
+
 @pytest.fixture
 def run_job(platform: Platform) -> Iterator[Callable[..., str]]:
     """Submit a job of jobs/ for this test; it is cancelled when the test ends."""

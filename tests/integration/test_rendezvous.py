@@ -22,6 +22,7 @@ from rdv import jobctl
 from rdv.client import RendezvousClient
 from rdv.kafka_io import consume, produce
 from rdv.pipeline import Pipeline, Topics
+from rdv.settings import Settings
 from udfs.codec import codec_for, envelope
 from udfs.demo import generator
 
@@ -37,7 +38,7 @@ DEMO = {
 
 
 @pytest.fixture(scope="module")
-def pipeline(platform, tmp_path_factory) -> Iterator[Pipeline]:  # noqa: ANN001
+def pipeline(platform, demo_models, tmp_path_factory) -> Iterator[Pipeline]:  # noqa: ANN001
     topics = Topics(prefix=f"it{uuid.uuid4().hex[:6]}-")
     topics.create(partitions=2)
     p = Pipeline(topics, archive_dir=tmp_path_factory.mktemp("archive"), allow_faults=True,
@@ -91,7 +92,7 @@ def _answer_all(c: RendezvousClient, reqs: list[dict], rate: float,
 def _end(topic: str) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=jobctl.Settings.from_env().kafka_bootstrap)
+    c = KafkaConsumer(bootstrap_servers=Settings.from_env().kafka_bootstrap)
     try:
         tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
         return sum(c.end_offsets(tps).values())
@@ -312,8 +313,7 @@ def test_no_mailbox_state_remains_after_all_requests_are_answered(pipeline: Pipe
     job_id = pipeline.jobs["rendezvous"]
     deadline = time.monotonic() + 60
     while True:  # tombstones expire 2 s after answering (the test pipeline's setting)
-        open_ = jobctl.metric(job_id, "rendezvous.open_mailboxes")
-        tombs = jobctl.metric(job_id, "rendezvous.tombstones")
+        open_, tombs = jobctl.mailbox_state(job_id)
         if open_ == 0 and tombs == 0:
             break
         assert time.monotonic() < deadline, f"open={open_} tombstones={tombs}"
