@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     source = read(env, [config.input_topic], config, uid=f"score-{manifest.name}-source",
                   group_id=group)
     write(build_score(source, config), config, uid=f"score-{manifest.name}-sink")
-    env.execute(f"score {manifest.name} {manifest.version}")
+    env.execute(f"score {manifest.name} {manifest.version} {config.input_topic}")
 
 
 if __name__ == "__main__":

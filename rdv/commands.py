@@ -124,13 +124,13 @@ def job_source_topic(job_id: str, settings: Settings | None = None) -> str:
 
 
 def score_jobs(settings: Settings | None = None) -> list[ScoreJob]:
-    """The score jobs that run (job name ``score <model> <version>``), with their input."""
+    """The score jobs that run (job name ``score <model> <version> <input topic>``)."""
     out = []
     for j in live_jobs(settings):
         parts = j["name"].split()
-        if len(parts) == 3 and parts[0] == "score":
-            out.append(ScoreJob(j["id"], parts[1], parts[2], j["state"],
-                                job_source_topic(j["id"], settings)))
+        if len(parts) in (3, 4) and parts[0] == "score":
+            topic = parts[3] if len(parts) == 4 else job_source_topic(j["id"], settings)
+            out.append(ScoreJob(j["id"], parts[1], parts[2], j["state"], topic))
     return out
 
 

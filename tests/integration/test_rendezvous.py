@@ -2,8 +2,10 @@
 models and a canary), rendezvous and decoy, driven through the Python client.
 
 One pipeline per module (submitting seven jobs costs ~1 min); the tests run in file order
-and each uses its own request ids. Timing assertions leave room for a 2-core machine that
-is also running Kafka, two TaskManagers and this test.
+and each uses its own request ids. The test schedule's stage times are wider than the
+demo's (100/200/250 ms instead of 20/40/50 ms) so that the tests check the rendezvous'
+logic, not the tail latency of a 2-core machine that is also running Kafka, two
+TaskManagers and this test (the benchmarks in bench/ measure that).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from udfs.demo import generator
 PROFILES = generator.profiles(3000, seed=11)
 DEMO = {
     "id": "demo",
-    "stages": [{"model": "fraud_gbm", "wait_ms": 20}, {"model": "fraud_logreg", "wait_ms": 40}],
-    "deadline_ms": 50,
+    "stages": [{"model": "fraud_gbm", "wait_ms": 100},
+               {"model": "fraud_logreg", "wait_ms": 200}],
+    "deadline_ms": 250,
     "default": {"outputs": {"numbers": {"fraud_probability": 0.0},
                             "labels": {"decision": "review"}}},
     "ignore": ["fraud_canary", "fraud_rules"],
@@ -100,13 +103,18 @@ def _end(topic: str) -> int:
         c.close()
 
 
-def _drain(p: Pipeline, timeout: float = 120) -> None:
-    """Wait until every model job has scored every request on input (no backlog left)."""
+def _drain(p: Pipeline, timeout: float = 180) -> None:
+    """Wait until no job has a backlog: every model has scored every input, and a probe
+    request is answered by a model, not by the deadline."""
     models = sum(1 for k in p.jobs if k.startswith("score:"))
     deadline = time.monotonic() + timeout
     while _end(p.topics.scores) < models * _end(p.topics.input):
         assert time.monotonic() < deadline, "model jobs did not catch up"
         time.sleep(0.5)
+    with RendezvousClient(raw_topic=p.topics.raw, return_address=p.topics.results) as c:
+        while _answer_all(c, _requests("probe", 1), rate=1)[0]["model_id"] is None:
+            assert time.monotonic() < deadline, "the rendezvous did not catch up"
+            time.sleep(0.5)
 
 
 def _results_on_topic(p: Pipeline, ids: set[str], timeout: float = 60) -> Counter[str]:
@@ -146,8 +154,8 @@ def test_at_a_moderate_rate_the_models_answer(
 ) -> None:
     results = _answer_all(client, _requests("moderate", 1500), rate=100)
     models = Counter(r["model_id"] for r in results)
-    assert models["fraud_gbm"] + models["fraud_logreg"] >= 0.95 * len(results), models
-    assert models["fraud_gbm"] >= 0.5 * len(results), models
+    assert models["fraud_gbm"] + models["fraud_logreg"] >= 0.99 * len(results), models
+    assert models["fraud_gbm"] >= 0.9 * len(results), models
     assert "fraud_canary" not in models
 
 
@@ -175,23 +183,23 @@ def test_decoy_archive_holds_exactly_the_bytes_the_models_scored(pipeline: Pipel
 def test_fault_injected_delay_falls_back_at_the_stage_time(
     pipeline: Pipeline, client: RendezvousClient
 ) -> None:
-    reqs = _requests("fault", 40)
+    reqs = _requests("fault", 30)
     for r in reqs:
         r["diagnostics"] = {"trace": False, "log_level": None, "fallback_schedule": None,
                             "faults": [{"target": "fraud_gbm", "kind": "delay",
-                                        "delay_ms": 80}]}
+                                        "delay_ms": 300}]}
     late_before = jobctl.metric(pipeline.jobs["rendezvous"], "late_scores") or 0
-    results = _answer_all(client, reqs, rate=8)
+    results = _answer_all(client, reqs, rate=3)
     assert Counter(r["model_id"] for r in results) == {"fraud_logreg": len(reqs)}
     assert all(r["reason"] == "fallback" for r in results)
-    assert all("fallback to fraud_logreg after 20 ms" in r["detail"] for r in results)
+    assert all("fallback to fraud_logreg after 100 ms" in r["detail"] for r in results)
     # when the rendezvous decided, measured from the request's own timestamp
     decided = sorted(r["timestamp"] - r["request_timestamp"] for r in results)
-    assert 20 <= decided[len(decided) // 2] <= 30, decided
+    assert 100 <= decided[len(decided) // 2] <= 110, decided
     assert decided[-1] < DEMO["deadline_ms"], decided
     # the delayed scores still arrive, after the answer: counted as late, never answered
     deadline = time.monotonic() + 30
-    while (jobctl.metric(pipeline.jobs["rendezvous"], "late_scores") or 0) < late_before + 40:
+    while (jobctl.metric(pipeline.jobs["rendezvous"], "late_scores") or 0) < late_before + 30:
         assert time.monotonic() < deadline, "late gbm scores were not counted"
         time.sleep(0.5)
 
@@ -213,9 +221,16 @@ def test_new_schedule_applies_to_the_next_requests_without_restart(
 ) -> None:
     job_before = pipeline.jobs["rendezvous"]
     logreg_first = {**DEMO, "id": "logreg-first",
-                    "stages": [{"model": "fraud_logreg", "wait_ms": 20},
-                               {"model": "fraud_gbm", "wait_ms": 40}]}
+                    "stages": [{"model": "fraud_logreg", "wait_ms": 100},
+                               {"model": "fraud_gbm", "wait_ms": 200}]}
     pipeline.send_schedule(logreg_first)
+    try:
+        _check_logreg_first(pipeline, client, job_before)
+    finally:
+        pipeline.send_schedule(DEMO)
+
+
+def _check_logreg_first(pipeline: Pipeline, client: RendezvousClient, job_before: str) -> None:
     # the schedule travels through Kafka: requests sent from now on see it once it arrived
     deadline = time.monotonic() + 20
     while True:
@@ -227,22 +242,28 @@ def test_new_schedule_applies_to_the_next_requests_without_restart(
     assert {r["schedule_id"] for r in results} == {"logreg-first"}
     assert Counter(r["model_id"] for r in results)["fraud_logreg"] >= 0.95 * len(results)
     assert jobctl.job(job_before)["state"] == "RUNNING"
-    pipeline.send_schedule(DEMO)
 
 
 def test_split_sends_ten_percent_of_users_to_the_challenger_consistently(
     pipeline: Pipeline, client: RendezvousClient
 ) -> None:
     split = {
-        "id": "split-90-10", "deadline_ms": 50, "ignore": ["fraud_canary"],
+        "id": "split-90-10", "deadline_ms": 250, "ignore": ["fraud_canary"],
         "split": {"field": "inputs.labels.user_id", "variants": [
             {"name": "champion", "weight": 90, "stages": [{"model": "fraud_logreg",
-                                                           "wait_ms": 45}]},
+                                                           "wait_ms": 240}]},
             {"name": "challenger", "weight": 10, "stages": [{"model": "fraud_rules",
-                                                             "wait_ms": 45}]},
+                                                             "wait_ms": 240}]},
         ]},
     }
     pipeline.send_schedule(split)
+    try:
+        _check_split(pipeline, client, split)
+    finally:
+        pipeline.send_schedule(DEMO)
+
+
+def _check_split(pipeline: Pipeline, client: RendezvousClient, split: dict) -> None:
     deadline = time.monotonic() + 20
     while _answer_all(client, _requests("probe", 1), rate=100)[0]["schedule_id"] != split["id"]:
         assert time.monotonic() < deadline, "split schedule not applied within 20 s"
@@ -252,7 +273,7 @@ def test_split_sends_ten_percent_of_users_to_the_challenger_consistently(
     for i, prof in enumerate(PROFILES):  # one request per user, and a second for 500 users
         for copy in range(2 if i % 6 == 0 else 1):
             reqs.append(_user_request(prof, f"split-{i}-{copy}"))
-    results = _answer_all(client, reqs, rate=300, timeout=60)
+    results = _answer_all(client, reqs, rate=150, timeout=60)
     by_user: dict[str, set[str]] = {}
     for req, res in zip(reqs, results, strict=True):
         assert res["reason"] == "preferred", res["detail"]
@@ -260,7 +281,6 @@ def test_split_sends_ten_percent_of_users_to_the_challenger_consistently(
     assert all(len(models) == 1 for models in by_user.values()), "a user switched models"
     challenger = sum(1 for u in users if by_user[u] == {"fraud_rules"}) / len(users)
     assert 0.08 <= challenger <= 0.12, challenger
-    pipeline.send_schedule(DEMO)
 
 
 def _user_request(profile: dict, request_id: str) -> dict:
@@ -318,7 +338,9 @@ def test_no_mailbox_state_remains_after_all_requests_are_answered(pipeline: Pipe
             break
         assert time.monotonic() < deadline, f"open={open_} tombstones={tombs}"
         time.sleep(1)
-    assert (jobctl.metric(job_id, "rendezvous.results_preferred") or 0) > 5000
+    answered = sum(jobctl.metric(job_id, f"rendezvous.results_{r}") or 0
+                   for r in ("preferred", "fallback", "default", "none"))
+    assert answered > 14_000
 
 
 def test_a_killed_model_job_leaves_the_rest_answering_by_deadline(
@@ -328,4 +350,4 @@ def test_a_killed_model_job_leaves_the_rest_answering_by_deadline(
     results = _answer_all(client, _requests("killed", 200), rate=100)
     assert Counter(r["model_id"] for r in results) == {"fraud_logreg": 200}
     decided = sorted(r["timestamp"] - r["request_timestamp"] for r in results)
-    assert decided[-1] <= DEMO["deadline_ms"] + 10, decided[-5:]
+    assert decided[-1] <= 200 + 10, decided[-5:]  # logreg is accepted from 100 ms
