@@ -42,12 +42,23 @@ Cost: per score a buffered digest append, a t-digest ``cdf`` (normalisation), a 
 two rate-detector appends, a 1×d nearest-centre search and an HdrHistogram record; everything
 else (flushes, KS, rate tests, alarm) happens once per window and subject.
 
-**Clock.** Each ``monitor`` subtask keeps its own event-time clock = the largest timestamp it
-has seen. A window ``[s, s + window_ms)`` closes when the clock passes ``s + window_ms +
-lateness_ms``; records older than a closed window still go into the sketches (a second, partial
-window record with the same start, which the store merges) and into the next open evaluation.
+**Clock.** Each ``monitor`` subtask keeps its own event-time clock: the smallest, over the
+source partitions that delivered within the last ``--idle-ms`` of wall time, of the largest
+timestamp seen from each (a per-partition watermark, so a partition read ahead while a backlog
+is caught up does not close windows the others are still filling). A window
+``[s, s + window_ms)`` closes when the clock passes ``s + window_ms + lateness_ms``; records
+older than a closed window still go into the sketches (a second, partial window record with
+the same start, which the store merges) and into the next open evaluation.
+Event-rate detectors are fed each window's timestamps in sorted order when it closes.
 When a subtask sees no record for ``--idle-ms`` of processing time, its clock moves on with the
 wall clock, so windows keep closing and a stoppage of all traffic is still reported.
+*Limitation:* a partition is only known once it delivered; when a backlog is read (``--start-from
+earliest`` / ``committed`` after downtime) the source may fetch one partition far ahead of
+another (about 1 MB per partition and fetch), and records more than ``lateness_ms`` behind
+the clock are *late*: they are still sketched (partial windows, flushed by the next timer) but
+counted in the next open evaluation window, which distorts that window's rate signals. Live
+(``--start-from latest``, the default) the skew between partitions is milliseconds; for a
+replay use one partition, or a ``lateness_ms`` that covers the skew.
 
 DISCUSSION — keys and state clean-up. ``monitor`` and ``alarm`` are keyed by *subject* (model
 id, ``rendezvous``, ``input``): every model's state lives in exactly one subtask, and the job
@@ -183,11 +194,12 @@ class MonitorConfig(KafkaConfig):
 class EventDecoder:
     """Raw Kafka record → a compact event tuple, or a dead letter.
 
-    - score: ``("score", model_id, ts, request_id, numbers, latency_us, tags, error)``
-    - result: ``("result", "rendezvous", ts, request_id, reason, waited_ms, model_id)``
-    - request: ``("request", "input", ts, request_id)``
+    - score: ``("score", model_id, ts, request_id, numbers, latency_us, tags, error, src)``
+    - result: ``("result", "rendezvous", ts, request_id, reason, waited_ms, model_id, src)``
+    - request: ``("request", "input", ts, request_id, src)``
 
-    ``[1]`` is the subject (the key of the monitor), ``[2]`` the event time.
+    ``[1]`` is the subject (the key of the monitor), ``[2]`` the event time, ``[-1]`` the
+    source partition (``topic:partition``: the monitor's clock follows the slowest one).
     """
 
     def __init__(self, config: MonitorConfig) -> None:
@@ -211,21 +223,22 @@ class EventDecoder:
         """(event, None) or (None, dead letter (topic, key, value))."""
         topic, partition, offset, _, key, payload = value
         c = self.config
+        src = f"{topic}:{partition}"
         if topic == c.scores_topic:
             rec = self.scores.decode(payload)
             if not isinstance(rec, DecodeError):
                 return ("score", rec["model_id"], rec["timestamp"], rec["request_id"],
                         dict(rec["outputs"]["numbers"]), int(rec["latency_us"]),
-                        self._tags(rec), rec["error"] is not None), None
+                        self._tags(rec), rec["error"] is not None, src), None
         elif c.input_topic and topic == c.input_topic:
             rec = self.requests.decode(payload)
             if not isinstance(rec, DecodeError):
-                return ("request", INPUT, rec["timestamp"], rec["request_id"]), None
+                return ("request", INPUT, rec["timestamp"], rec["request_id"], src), None
         else:
             rec = self.results.decode(payload)
             if not isinstance(rec, DecodeError):
                 return ("result", RENDEZVOUS, rec["timestamp"], rec["request_id"],
-                        rec["reason"], int(rec["waited_ms"]), rec["model_id"] or ""), None
+                        rec["reason"], int(rec["waited_ms"]), rec["model_id"] or "", src), None
         assert isinstance(rec, DecodeError)
         dl = dead_letter(COMPONENT, rec.reason, payload or b"", key=key, source_topic=topic,
                          partition=partition, offset=offset, version=VERSION)
@@ -262,6 +275,8 @@ class _Window:
     qs: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # µs (scores) / ms (results)
     fallbacks: int = 0
+    times: list[int] = field(default_factory=list)  # fed to the rate detectors in order
+    bins: list[tuple[int, int]] = field(default_factory=list)  # (ts, score bin)
 
 
 class _Subject:
@@ -272,7 +287,8 @@ class _Subject:
         self.name, self.kind, self.config = name, kind, c
         self.windows: dict[int, _Window] = {}
         self.next_eval: int | None = None  # start of the next window to evaluate
-        self.last_ts = 0  # event time clamp: rate detectors need non-decreasing times
+        self.last_ts = 0  # event time clamps: rate detectors need non-decreasing times
+        self.last_bin_ts = 0
         self.last_seen = 0
         self.rate = self._rate_detector()
         # reference (models only): digests of the primary score of the last closed windows
@@ -301,10 +317,16 @@ class _Subject:
             w = self.windows[start] = _Window()
         return w
 
-    def event_time(self, ts: int) -> int:
-        self.last_ts = max(self.last_ts, ts)
-        self.last_seen = max(self.last_seen, ts)
-        return self.last_ts
+    def feed_rates(self, w: _Window) -> None:
+        """Feed a closing window's events to the rate detectors in time order (records of
+        several partitions interleave out of order; the detectors need ordered times)."""
+        for ts in sorted(w.times):
+            self.last_ts = max(self.last_ts, ts)
+            self.rate.update(self.last_ts)
+        if self.bin_rates is not None:
+            for ts, b in sorted(w.bins):
+                self.last_bin_ts = max(self.last_bin_ts, ts)
+                self.bin_rates.update(b, self.last_bin_ts)
 
     # ---- models only
     def normalise(self, score: float) -> float | None:
@@ -348,7 +370,13 @@ class MonitorCore:
         self.sketchers: dict[str, ScoreSketcher] = {}
         self.latency = WindowedLatency(config.latency_window_ms)
         self.subjects: dict[str, _Subject] = {}
-        self.clock = 0  # event time of this subtask: the largest timestamp seen
+        #: event time of this subtask: the smallest of the largest timestamps of the source
+        #: partitions that delivered within the last ``idle_ms`` of wall time (a watermark:
+        #: a partition read ahead, e.g. when catching up a backlog, does not close windows
+        #: whose records are still coming through the other partitions)
+        self.clock = 0
+        self.partitions: dict[str, list[int]] = {}  # src -> [largest ts, wall ms]
+        self.late_pending = False
         self.last_wall = 0  # wall time of the last event (for idle advance)
         self.flushed_upto = 0
         # the clock is looked at only when it crosses a multiple of this (cheap per event)
@@ -369,30 +397,38 @@ class MonitorCore:
         self.last_wall = wall_ms
         if ts < self.flushed_upto:
             self.counts["late"] += 1
+            self.late_pending = True  # its partial window is flushed by the next timer
         s = self.subject(name, kind)
-        t = s.event_time(ts)
+        s.last_seen = max(s.last_seen, ts)
         w = s.window(ts)
         w.n += 1
+        w.times.append(ts)
         out: list[Out] = []
-        s.rate.update(t)
         if kind == "score":
-            out.extend(self._score(s, w, event, ts, t))
+            out.extend(self._score(s, w, event, ts))
         elif kind == "result":
-            _, _, _, _, reason, waited_ms, _ = event
+            _, _, _, _, reason, waited_ms, _, _ = event
             w.latencies.append(float(waited_ms))
             if reason != "preferred":
                 w.fallbacks += 1
             self.latency.update(RENDEZVOUS, "waited", max(1, waited_ms) * 1000, ts)
-        if ts > self.clock:
-            crossed = (ts - self.config.lateness_ms) // self.step != (
+        part = self.partitions.get(event[-1])
+        if part is None:
+            part = self.partitions[event[-1]] = [ts, wall_ms]
+        part[0], part[1] = max(part[0], ts), wall_ms
+        live = [p[0] for p in self.partitions.values()
+                if p[1] >= wall_ms - self.config.idle_ms]
+        clock = min(live) if live else ts
+        if clock > self.clock:
+            crossed = (clock - self.config.lateness_ms) // self.step != (
                 self.clock - self.config.lateness_ms) // self.step
-            self.clock = ts
+            self.clock = clock
             if crossed:
                 out.extend(self.advance())
         return out
 
-    def _score(self, s: _Subject, w: _Window, event: tuple, ts: int, t: int) -> list[Out]:
-        _, model, _, request_id, numbers, latency_us, tags, error = event
+    def _score(self, s: _Subject, w: _Window, event: tuple, ts: int) -> list[Out]:
+        _, model, _, request_id, numbers, latency_us, tags, error, _ = event
         if error:
             w.errors += 1
         self.latency.update(model, "score", latency_us, ts)
@@ -409,7 +445,7 @@ class MonitorCore:
         vec = s.vector(numbers)
         if vec is not None:
             if s.drift is not None:
-                s.drift.update(vec, t)
+                s.drift.update(vec, ts)
             elif len(s.drift_fit) < self.config.drift_fit_n:
                 s.drift_fit.append(vec)
         q = s.normalise(score)
@@ -417,7 +453,7 @@ class MonitorCore:
             return []
         w.qs.append(q)
         if s.bins is not None and s.bin_rates is not None:
-            s.bin_rates.update(bin_index(score, s.bins), t)
+            w.bins.append((ts, bin_index(score, s.bins)))
         return [("q", (request_id, model, q, ts))]
 
     def _primary(self, numbers: dict[str, float]) -> float | None:
@@ -431,9 +467,11 @@ class MonitorCore:
     def idle(self, wall_ms: int) -> list[Out]:
         """No event for a while: let event time follow the wall clock."""
         gap = wall_ms - self.last_wall
-        if self.last_wall and gap >= self.config.idle_ms and self.clock:
-            self.clock += gap
+        if self.last_wall and gap >= self.config.idle_ms and self.partitions:
+            self.clock = max(self.clock, max(p[0] for p in self.partitions.values())) + gap
             self.last_wall = wall_ms
+            return self.advance()
+        if self.late_pending:
             return self.advance()
         return []
 
@@ -442,8 +480,9 @@ class MonitorCore:
         c = self.config
         upto = self.clock - c.lateness_ms
         out: list[Out] = []
-        if upto - upto % c.window_ms > self.flushed_upto:
+        if upto - upto % c.window_ms > self.flushed_upto or self.late_pending:
             out.extend(self._flush_sketches(upto))
+        self.late_pending = False
         for lw in self.latency.flush(upto):
             out.append(self._metric(lw.metric_record(COMPONENT, VERSION)))
         for s in list(self.subjects.values()):
@@ -484,7 +523,7 @@ class MonitorCore:
             w = s.windows.pop(start, None) or _Window()
             s.next_eval = end
             steps += 1
-            if steps > 100:  # a jump of the clock: evaluate the last window only
+            if steps > 100:  # a jump of the clock: skip the long empty stretch
                 s.windows = {k: v for k, v in s.windows.items() if k >= end}
                 continue
             self.counts["windows"] += 1
@@ -494,6 +533,7 @@ class MonitorCore:
     def signals(self, s: _Subject, w: _Window, end: int) -> dict[str, float]:
         c = self.config
         sig: dict[str, float] = {}
+        s.feed_rates(w)
         rate = s.rate.check(end)
         if s.kind == "score":
             if rate.tests:

@@ -286,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--prefix", type=_prefix, default="", help="topic prefix for a separate "
                     "demo pipeline (default: none, the system topics)")
     dm.set_defaults(func=_cmd_demo)
+    from rdv import monitor
+
+    monitor.register(sub)
+    try:  # SQL needs its own jars (deploy/bootstrap.sh); the CLI works without them
+        from rdv import sql
+    except ImportError:
+        sql = None  # type: ignore[assignment]
+    if sql is not None and hasattr(sql, "register"):
+        sql.register(sub)
     return parser
 
 

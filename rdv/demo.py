@@ -230,6 +230,7 @@ def running_pipeline(topics: Topics) -> dict[str, str]:
         f"augment {topics.raw}->{topics.input}": "augment",
         f"rendezvous {topics.input}+{topics.scores}": "rendezvous",
         f"decoy {topics.input}": "decoy",
+        f"monitor {topics.scores}+{topics.results}": "monitor",
     }
     found = {names[j["name"]]: j["id"] for j in live_jobs() if j["name"] in names}
     for sj in score_jobs():
@@ -271,7 +272,7 @@ def run_demo(opts: DemoOptions) -> int:
          f"(+ {topics.profiles}, {topics.control}, {topics.deadletter})")
     topics.create(settings=settings)
 
-    pipe = Pipeline(topics, settings=settings)
+    pipe = Pipeline(topics, settings=settings, monitor=True)
     cards = generator.profiles(opts.cards, opts.seed)
     n_prof = pipe.load_profiles(cards)
     print(f"    loaded {n_prof} customer profiles onto {topics.profiles} (external state)")
@@ -287,8 +288,8 @@ def run_demo(opts: DemoOptions) -> int:
         started = pipe.start(only=todo)
         print(f"    running after {time.monotonic() - t0:.0f} s")
     else:
-        print("==> pipeline: already running (augment, rendezvous, decoy, "
-              f"{len(wanted) - 3} score jobs)")
+        print("==> pipeline: already running (augment, rendezvous, decoy, monitor, "
+              f"{len(wanted) - 4} score jobs)")
     if running and todo:
         print(f"    already running: {', '.join(sorted(running))}")
 

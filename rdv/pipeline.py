@@ -76,6 +76,8 @@ class Pipeline:
     allow_faults: bool = False
     parallelism: int = 1
     tombstone_ms: int = 10_000
+    #: also run the monitor job (meta analytics: sketches, comparisons, alarms)
+    monitor: bool = False
     settings: Settings = field(default_factory=Settings.from_env)
     jobs: dict[str, str] = field(default_factory=dict)
 
@@ -97,6 +99,10 @@ class Pipeline:
                 "--input-topic", t.input, "--group-id", f"{t.prefix}decoy",
                 "--archive-dir", str(self.archive_dir or (self.settings.home / "archive"))]),
         }
+        if self.monitor:
+            from rdv.monitor import monitor_args
+
+            specs["monitor"] = ("monitor", monitor_args(t, self.settings))
         for m in self.models:
             path = Path(m) if "/" in str(m) else ROOT / "models" / str(m)
             specs[f"score:{path.name}"] = ("score", [
@@ -107,6 +113,10 @@ class Pipeline:
 
     def start(self, only: Iterable[str] | None = None) -> dict[str, str]:
         """Submit the jobs (two at a time: each submission is a JVM + Python client)."""
+        if self.monitor:
+            from rdv.monitor import create_monitor_topics
+
+            create_monitor_topics(self.topics, self.settings)
         specs = self.job_specs()
         wanted = [k for k in specs if only is None or k in set(only)]
         with ThreadPoolExecutor(max_workers=2) as pool:

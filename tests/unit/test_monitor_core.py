@@ -65,15 +65,15 @@ def test_decoder_makes_compact_events_and_dead_letters() -> None:
                               score("m1", "r1", T0, 0.25, {"channel": "web", "x": "1"})))
     assert dead is None
     assert ev == ("score", "m1", T0, "r1", {"fraud_probability": 0.25, "margin": 0.75}, 1_000,
-                  {"channel": "web"}, False)
+                  {"channel": "web"}, False, "scores:0")
     ev, _ = dec.decode(raw("results", "Result", result("r1", T0 + 5, "fallback", 30)))
-    assert ev == ("result", "rendezvous", T0 + 5, "r1", "fallback", 30, "m")
+    assert ev == ("result", "rendezvous", T0 + 5, "r1", "fallback", 30, "m", "results:0")
     req = envelope("client", "1")
     req.update(request_id="r2", entity_key="e", return_address="results",
                inputs={"numbers": {}, "labels": {}, "refs": {}}, external_state=None,
                internal_state=None)
     ev, _ = dec.decode(raw("input", "Request", req))
-    assert ev == ("request", "input", req["timestamp"], "r2")
+    assert ev == ("request", "input", req["timestamp"], "r2", "input:0")
     ev, dead = dec.decode(("scores", 1, 7, T0, b"k", b"\xff\x00garbage"))
     assert ev is None and dead is not None
     topic, key, value = dead
@@ -118,8 +118,9 @@ def test_idle_clock_closes_windows_and_stoppage_is_a_signal() -> None:
     core = MonitorCore(CFG)
     outs: list = []
     for i in range(200):
-        outs += core.process(("result", "rendezvous", T0 + i * 10, f"r{i}",
-                              "preferred" if i % 4 else "fallback", 20, "m"), wall_ms=1)
+        reason = "preferred" if i % 4 else "fallback"
+        outs += core.process(("result", "rendezvous", T0 + i * 10, f"r{i}", reason, 20, "m",
+                              "results:0"), wall_ms=1)
     assert not core.idle(wall_ms=2)  # not idle long enough
     outs += core.idle(wall_ms=1 + 5_000)
     sigs = [row for kind, row in outs if kind == "sig"]
@@ -133,10 +134,10 @@ def test_idle_clock_closes_windows_and_stoppage_is_a_signal() -> None:
 def test_late_records_are_counted_and_still_sketched() -> None:
     core = MonitorCore(CFG)
     for i in range(100):
-        core.process(("score", "m1", T0 + i * 30, f"r{i}", {"p": 0.5}, 10, {}, False))
-    outs = core.process(("score", "m1", T0 + 5, "late", {"p": 0.9}, 10, {}, False))
+        core.process(("score", "m1", T0 + i * 30, f"r{i}", {"p": 0.5}, 10, {}, False, "s:0"))
+    outs = core.process(("score", "m1", T0 + 5, "late", {"p": 0.9}, 10, {}, False, "s:0"))
     assert core.counts["late"] == 1
-    outs += core.process(("score", "m1", T0 + 5_000, "next", {"p": 0.5}, 10, {}, False))
+    outs += core.process(("score", "m1", T0 + 5_000, "next", {"p": 0.5}, 10, {}, False, "s:0"))
     late = [m for m in metrics(outs, CFG) if m["name"] == "score.p" and m["window_start"] == T0]
     assert [m["count"] for m in late] == [1]  # a second, partial record of that window
 
