@@ -37,5 +37,8 @@ if [ "$(cat "$RDV_HOME/jars/.stamp" 2>/dev/null)" != "$want" ]; then
   (cd "$ROOT/deploy/maven/kafka" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$RDV_HOME/jars/kafka")
   (cd "$ROOT/deploy/maven/flink" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DexcludeArtifactIds=slf4j-api,commons-lang3 -DoutputDirectory="$RDV_HOME/jars/flink")
   (cd "$ROOT/deploy/java" && mvn -q -B package -DskipTests && cp target/rdv-flink-kafka-*.jar "$RDV_HOME/jars/flink/")
+  # rdv sql: the 'avro' table format for queries in a local mini-cluster (deploy/maven/sql/pom.xml)
+  mkdir -p "$RDV_HOME/jars/sql"
+  (cd "$ROOT/deploy/maven/sql" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$RDV_HOME/jars/sql")
   echo "$want" > "$RDV_HOME/jars/.stamp"
 fi

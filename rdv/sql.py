@@ -20,6 +20,13 @@ query reads each topic from the earliest offset up to the end offsets at start
 new records until ``limit`` rows, ``timeout`` seconds or Ctrl-C. The sketch functions of
 ``udfs/sql_functions.py`` (``TDIGEST_QUANTILE(x, q)`` and friends) are registered too.
 
+Windows with the Python sketch aggregates: use the group-window syntax
+``GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), model_id`` (planned as
+PythonGroupWindowAggregate: one final row per window, state freed). With the window TVF
+``FROM TABLE(TUMBLE(TABLE scores, ...)) GROUP BY window_start, window_end, ...`` a Python
+aggregate is planned as an unbounded PythonGroupAggregate: it emits an update per
+mini-batch and never frees the windows' state (built-in aggregates are fine with the TVF).
+
 Python API: :func:`run_query` (rows as tuples, changelog applied), :func:`stream_query`
 (changes as they arrive). CLI: :func:`register` adds the ``sql`` subcommand.
 """
@@ -27,8 +34,10 @@ Python API: :func:`run_query` (rows as tuples, changelog applied), :func:`stream
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
+import os
 import pickle
 import queue
 import re
@@ -36,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -207,9 +216,10 @@ class _Resolver:
 def physical_type(message_type: str, schema_dir: Path = SCHEMA_DIR) -> SqlType:
     """The Flink SQL row type of a message type (``Score``, ...), from its .avsc file.
 
-    >>> t = physical_type("Hop")
-    >>> t.sql()
-    'ROW<`component` STRING NOT NULL, `version` STRING NOT NULL, `timestamp` BIGINT NOT NULL> NOT NULL'
+    >>> print(physical_type("Hop").sql().replace(", ", ",\\n"))
+    ROW<`component` STRING NOT NULL,
+    `version` STRING NOT NULL,
+    `timestamp` BIGINT NOT NULL> NOT NULL
     """
     schema = load_avsc(message_type, schema_dir)
     return _Resolver(schema_dir).convert(schema, schema.get("namespace", ""), message_type)
@@ -253,7 +263,7 @@ def avro_shape(schema: Any, schema_dir: Path = SCHEMA_DIR) -> Any:
 # =========================================================================== the tables
 
 #: how far behind the newest event time the watermark runs (out-of-order allowance)
-WATERMARK_DELAY = "2"  # seconds
+WATERMARK_DELAY = "5"  # seconds
 METADATA_COLUMNS = (
     ("kafka_partition", "INT", "partition"),
     ("kafka_offset", "BIGINT", "offset"),
@@ -453,6 +463,39 @@ def sql_jars(settings: Settings | None = None) -> list[Path]:
     return jars
 
 
+def start_gateway(settings: Settings | None = None) -> None:
+    """Launch pyflink's JVM for ``rdv sql`` (once per process): with the wheel's own Flink
+    configuration (not the cluster's, should FLINK_CONF_DIR be set), logs in
+    ``$RDV_HOME/sql/`` and the JVM's stdout there too, so that it cannot mix into the
+    printed table."""
+    import pyflink.java_gateway as jg
+
+    if jg._gateway is not None:
+        return
+    s = settings or Settings.from_env()
+    log_dir = s.home / "sql"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    keys = ("FLINK_CONF_DIR", "FLINK_LIB_DIR", "FLINK_LOG_DIR")
+    saved_env = {k: os.environ.get(k) for k in keys}
+    for k in keys[:2]:
+        os.environ.pop(k, None)
+    os.environ["FLINK_LOG_DIR"] = str(log_dir)
+    sys.stdout.flush()
+    saved_out = os.dup(1)
+    try:
+        with open(log_dir / "jvm.out", "ab") as out:
+            os.dup2(out.fileno(), 1)
+            jg.get_gateway()
+    finally:
+        os.dup2(saved_out, 1)
+        os.close(saved_out)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def create_env(prefix: str = "", read: ReadOptions | None = None,
                settings: Settings | None = None, parallelism: int = 1,
                tables: Sequence[str] | None = None) -> Any:
@@ -464,14 +507,13 @@ def create_env(prefix: str = "", read: ReadOptions | None = None,
 
     s = settings or Settings.from_env()
     read = read or ReadOptions(bootstrap=s.kafka_bootstrap)
+    start_gateway(s)
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = env.get_config()
     for k, v in {
         "pipeline.jars": ";".join(p.resolve().as_uri() for p in sql_jars(s)),
         "parallelism.default": str(parallelism),
         "table.local-time-zone": "UTC",
-        # windows over topics with idle partitions still close when following
-        "table.exec.source.idle-timeout": "1 s",
         # group aggregates emit one update per key and batch, not per row
         "table.exec.mini-batch.enabled": "true",
         "table.exec.mini-batch.allow-latency": "500 ms",
@@ -481,6 +523,11 @@ def create_env(prefix: str = "", read: ReadOptions | None = None,
         "python.fn-execution.bundle.time": "200",
     }.items():
         conf.set(k, v)
+    if read.follow:
+        # windows over topics with idle partitions still close when following. Not when
+        # bounded: a partition whose reader starts late would be "idle", the watermark would
+        # run ahead on the others, and its records would come late to closed windows
+        conf.set("table.exec.source.idle-timeout", "5 s")
     topics = Topics(prefix)
     for spec in TABLES:
         if tables is None or spec.name in tables:
@@ -513,10 +560,13 @@ def _short_error(e: BaseException) -> str:
         lines.append(first[0] if first else type(e).__name__)
     out: list[str] = []
     for line in lines:
-        line = line.strip()
+        line = line.split("\nWas expecting")[0].strip()
         if line and line not in out and not any(line in o for o in out):
             out.append(line)
-    return "\n".join(out[:3])
+    msg = "\n".join(out[:3])
+    if re.search(r"Object '[^']+' not found", msg):
+        msg += f" (tables: {', '.join(t.name for t in TABLES)})"
+    return msg
 
 
 @dataclass
@@ -527,7 +577,7 @@ class Change:
 
 def _to_python(data: Any, t: Any) -> Any:
     """pyflink's pickled-bytes converter, safe for NULL nested rows, maps and arrays."""
-    from pyflink.table.types import ArrayType, LocalZonedTimestampType, MapType, RowType
+    from pyflink.table.types import ArrayType, MapType, RowType
     from pyflink.table.utils import pickled_bytes_to_python_converter
 
     if data is None or (isinstance(data, (bytes, bytearray)) and len(data) == 0):
@@ -542,9 +592,6 @@ def _to_python(data: Any, t: Any) -> Any:
                 for k, v in zip(keys, values, strict=True)}
     if isinstance(t, ArrayType):
         return [_to_python(x, t.element_type) for x in pickle.loads(data)]
-    if isinstance(t, LocalZonedTimestampType):
-        v = pickle.loads(data)
-        return v if isinstance(v, datetime) else v
     return pickled_bytes_to_python_converter(data, t)
 
 
@@ -558,8 +605,10 @@ class QueryStream:
         from pyflink.table.types import _from_java_data_type
 
         self._gateway = get_gateway()
+        #: True when the query only appends rows (no updates or deletes)
+        self.insert_only = True
         try:
-            self._result = env.execute_sql(sql)
+            self._result = self._execute(env, sql)
         except Py4JJavaError as e:
             raise SqlError(_short_error(e.java_exception)) from None
         except Exception as e:  # noqa: BLE001 - pyflink wraps some Java errors itself
@@ -571,12 +620,40 @@ class QueryStream:
             .fromResolvedSchema(schema).getFieldDataTypes()
         self._j_types = j_types
         self.types = [_from_java_data_type(t) for t in j_types]
-        self.type_names = [str(t.toString()) for t in j_types]
         self._iter = j.collect()
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True, name="rdv-sql-collect")
         self._thread.start()
+
+    def _execute(self, env: Any, sql: str) -> Any:
+        """Queries go through the Table API (to learn their changelog mode and to turn
+        TIMESTAMP_LTZ columns, which pyflink cannot collect, into UTC TIMESTAMP(3)); other
+        statements (SHOW, DESCRIBE, EXPLAIN) through execute_sql."""
+        from py4j.protocol import Py4JJavaError
+        from pyflink.table import DataTypes
+        from pyflink.table.explain_detail import ExplainDetail
+        from pyflink.table.expressions import col
+        from pyflink.table.types import LocalZonedTimestampType
+
+        try:
+            table = env.sql_query(sql)
+        except Py4JJavaError as e:
+            if "only accepts a single SQL query" not in str(e.java_exception):
+                raise
+            return env.execute_sql(sql)
+        plan = table.explain(ExplainDetail.CHANGELOG_MODE)
+        physical = plan.split("== Optimized Physical Plan ==")[-1]
+        root = re.search(r"changelogMode=\[([A-Z,]+)\]", physical)
+        self.insert_only = root is None or root.group(1) == "I"
+        schema = table.get_resolved_schema()
+        names = list(schema.get_column_names())
+        ltz = [isinstance(t, LocalZonedTimestampType) for t in schema.get_column_data_types()]
+        if any(ltz):
+            table = table.select(*[
+                col(n).cast(DataTypes.TIMESTAMP(3)).alias(n) if z else col(n)
+                for n, z in zip(names, ltz, strict=True)])
+        return table.execute()
 
     def _pump(self) -> None:
         bridge = self._gateway.jvm.PythonBridgeUtils
@@ -614,16 +691,12 @@ class QueryStream:
         if self._stop.is_set():
             return
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):  # already finished
             client = self._result._j_table_result.getJobClient()
             if client.isPresent():
                 client.get().cancel()
-        except Exception:  # noqa: BLE001 - already finished
-            pass
-        try:
+        with contextlib.suppress(Exception):  # already closed
             self._iter.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
         self._thread.join(timeout=10)
 
     def __enter__(self) -> QueryStream:
@@ -674,10 +747,8 @@ def run_query(sql: str, prefix: str = "", limit: int | None = None,
         raise ValueError("a followed query needs a limit or a timeout")
     rows: list[tuple[Any, ...]] = []
     with stream_query(sql, prefix, follow=follow, start=start, settings=settings) as q:
-        n = 0
-        for change in q.changes(timeout):
+        for n, change in enumerate(q.changes(timeout), start=1):
             apply_change(rows, change)
-            n += 1
             if limit is not None and n >= limit:
                 break
     return rows
@@ -705,12 +776,13 @@ class TablePrinter:
     seen so far (a wider value widens its column from then on)."""
 
     def __init__(self, columns: Sequence[str], out: TextIO, op: bool = True,
-                 max_width: int = 60) -> None:
+                 max_width: int = 60, min_widths: Sequence[int] | None = None) -> None:
         self.columns = (["op"] if op else []) + list(columns)
         self.op = op
         self.out = out
         self.max_width = max_width
-        self.widths = [max(len(c), 4) for c in self.columns]
+        mins = ([2] if op else []) + list(min_widths or [4] * len(columns))
+        self.widths = [max(len(c), m) for c, m in zip(self.columns, mins, strict=True)]
         self.numeric: list[bool] = [False] * len(self.columns)
         self.rows = 0
 
@@ -731,6 +803,12 @@ class TablePrinter:
         print(self._line(self.columns), file=self.out)
         print("-+-".join("-" * w for w in self.widths), file=self.out, flush=True)
 
+    def fit(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Widen the columns for rows known in advance (a final result)."""
+        for r in rows:
+            for i, c in enumerate(self._cells((["+I"] if self.op else []) + list(r))):
+                self.widths[i] = max(self.widths[i], len(c))
+
     def row(self, kind: str, values: Sequence[Any]) -> None:
         raw = ([kind] if self.op else []) + list(values)
         if self.rows == 0:
@@ -749,6 +827,18 @@ class TablePrinter:
 
 
 # =========================================================================== CLI
+
+
+def _type_width(t: Any) -> int:
+    """A starting column width by type, so that rows printed as they arrive line up."""
+    name = type(t).__name__
+    if "Timestamp" in name:
+        return 23
+    if name in ("VarCharType", "CharType"):
+        return 14
+    if name in ("DoubleType", "FloatType", "DecimalType", "BigIntType"):
+        return 8
+    return 4
 
 
 def _describe() -> str:
@@ -869,24 +959,41 @@ def sql_command(query: str | None, *, example: str | None = None, prefix: str = 
               f"(prefix {prefix!r}); check --prefix", file=err)
         return 2
     t0 = time.monotonic()
-    printer: TablePrinter | None = None
     n = 0
+    started = False
     try:
         with stream_query(sql, prefix, follow=follow, start=start) as q:
-            printer = TablePrinter(q.columns, out)
+            started = True
+            # appended rows print as they arrive; an updating result prints its changes
+            # (op column) when following, else its final rows when the query ends
+            final = not q.insert_only and not follow
+            printer = TablePrinter(q.columns, out, op=not q.insert_only and follow,
+                                   min_widths=[_type_width(t) for t in q.types])
+            rows: list[tuple[Any, ...]] = []
+            if final:
+                print("(updating result: the final rows follow when the query ends)",
+                      file=err, flush=True)
             try:
                 for change in q.changes(timeout):
-                    printer.row(change.kind, change.row)
                     n += 1
+                    if final:
+                        apply_change(rows, change)
+                    else:
+                        printer.row(change.kind, change.row)
                     if limit is not None and n >= limit:
                         break
             except KeyboardInterrupt:
                 print("(interrupted)", file=err)
+            if final:
+                printer.fit(rows)
+                for r in rows:
+                    printer.row("+I", r)
+                n = len(rows)
+            if printer.rows == 0:
+                printer.header()
     except SqlError as e:
         print(f"rdv sql: error: {e}", file=err)
-        return 2 if n == 0 and printer is None else 1
-    if printer is not None and n == 0:
-        printer.header()
+        return 1 if started else 2
     print(f"({n} row{'s' if n != 1 else ''} in {time.monotonic() - t0:.1f} s)", file=err)
     return 0
 
@@ -905,4 +1012,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["EXAMPLES", "TABLES", "SqlError", "SqlType", "run_query", "stream_query",
-           "register", "physical_type", "table_ddl", "avro_shape", "Mapping"]
+           "register", "physical_type", "table_ddl", "avro_shape"]
