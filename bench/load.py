@@ -236,8 +236,8 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30) -> 
     names = list(names)
     if not names:
         return
-    futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-        names, operation_timeout=timeout)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the futures
+    futures = admin.delete_topics(names, operation_timeout=timeout)
     for name, fut in futures.items():
         try:
             fut.result(timeout)
@@ -288,11 +288,15 @@ class Receiver(threading.Thread):
         self._start_at = {tp.partition: tp.offset for tp in high_watermarks(self.consumer, topic)}
         self.consumer.assign([TopicPartition(topic, p, o) for p, o in self._start_at.items()])
         self.topic = topic
+        self.bootstrap = bootstrap
 
     def run(self) -> None:
         c = self.consumer
         while True:
-            msgs = c.consume(num_messages=1000, timeout=0.05)
+            # block for the first message only (consume() would wait for a full batch or
+            # its whole timeout), then take what is already there
+            first = c.poll(0.05)
+            msgs = [first, *c.consume(num_messages=1000, timeout=0)] if first else []
             now = time.monotonic_ns()
             for m in msgs:
                 if m.error() is not None:
@@ -329,7 +333,13 @@ class Receiver(threading.Thread):
         while self.tally.received < self.tally.n and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(grace)
-        self._stop_at = high_watermarks(self.consumer, self.topic)
+        # a second client: the consumer is busy in the thread (its calls would block)
+        meta = Consumer({"bootstrap.servers": self.bootstrap,
+                         "group.id": f"bench-{uuid.uuid4().hex}"})
+        try:
+            self._stop_at = high_watermarks(meta, self.topic)
+        finally:
+            meta.close()
         self._stopping.set()
         self.join(timeout=30)
         self.consumer.close()
@@ -416,6 +426,7 @@ def run_load(
                    diagnostics)
     recv = Receiver(bootstrap, reply_topic, reply_codec, tag, n, keep_answers=keep_answers)
     recv.start()
+    time.sleep(0.3)  # let the consumer connect and fetch before the clock starts
     own = producer is None
     prod = producer or kafka_producer(bootstrap)
     cpu0 = time.process_time()
@@ -448,10 +459,11 @@ def ceiling(runs: Sequence[Mapping[str, Any]]) -> float:
 def measure_ceiling(bootstrap: str, topic: str, records: Sequence[Mapping[str, Any]],
                     rates: Sequence[float], seconds: float) -> dict[str, Any]:
     runs = []
+    producer = kafka_producer(bootstrap)
     for rate in rates:
         stats, _ = run_load(bootstrap=bootstrap, send_topic=topic, reply_topic=topic,
                             reply_codec="Request", records=records, rate=rate,
-                            seconds=seconds, drain_timeout=20, grace=0.2)
+                            seconds=seconds, drain_timeout=20, grace=0.2, producer=producer)
         runs.append(stats)
         print(f"  generator @ {rate:>7.0f}/s: achieved {stats['achieved_rps']:>8.0f}/s "
               f"send lag p99 {stats['send_lag_p99_ms']:.1f} ms, "

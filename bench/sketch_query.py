@@ -36,7 +36,7 @@ def fill(store: SketchStore, tagsets: list[dict[str, str]], per_window: int, see
             for i, tags in enumerate(tagsets):
                 v = rng.lognormal(0.2 * i, 1.0, per_window)
                 d = TDigest(max_centroids=DEFAULT_MAX_CENTROIDS)
-                d.batch_update(v)
+                d.batch_update(v.tolist())
                 store.add("m1", tags, t, t + WINDOW_MS, per_window, d.to_bytes())
 
 

@@ -9,5 +9,5 @@ bash deploy/bootstrap.sh
 trap '.venv/bin/rdv down || true' EXIT
 .venv/bin/rdv up
 .venv/bin/ruff check .
-.venv/bin/mypy rdv jobs udfs
+.venv/bin/mypy rdv jobs udfs bench
 .venv/bin/python -m pytest -p no:randomly -W ignore::DeprecationWarning "$@"
