@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pyflink.common import Row, Types, WatermarkStrategy
@@ -26,6 +26,8 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 from pyflink.java_gateway import get_gateway
+
+from rdv.settings import Settings
 
 RAW_RECORD = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "key", "value"],
@@ -54,7 +56,7 @@ def out(topic: str, key: bytes | None, value: bytes) -> Row:
 class KafkaConfig:
     """Where a job reads and writes; every field can come from ``RDV_*`` env or ``--flag``."""
 
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = field(default_factory=lambda: Settings.from_env().kafka_bootstrap)
     group_id: str = ""
     deadletter_topic: str = "deadletter"
     start_from: str = "committed"  # committed | earliest | latest

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,14 @@ from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, StreamExecutionEnvironment
 
 from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
-from rdv.settings import ROOT
+from rdv.settings import Settings
 from udfs.codec import DecodeError, codec_for, dead_letter
 
 
 @dataclass(frozen=True)
 class DecoyConfig(KafkaConfig):
     input_topic: str = "input"
-    archive_dir: str = str(ROOT / ".rdv" / "archive")
+    archive_dir: str = field(default_factory=lambda: str(Settings.from_env().home / "archive"))
     flush_ms: int = 500
 
 

@@ -286,10 +286,14 @@ def test_gbm_exported_trees_match_sklearn(tmp_path: Path) -> None:
 
 
 def test_demo_schedule_file() -> None:
-    s = yaml.safe_load((REPO / "models" / "demo-schedule.yaml").read_text())
+    from udfs.schedule import parse_schedule
+
+    text = (REPO / "models" / "demo-schedule.yaml").read_text()
+    parsed = parse_schedule(text)  # valid
+    assert [st.model for st in parsed.stages] == ["fraud_gbm", "fraud_logreg"]
+    assert parsed.stages[0].wait_ms > 0, "fraud_gbm must be preferred for a while"
+    s = yaml.safe_load(text)
     assert s["id"] == "demo"
-    assert s["stages"] == [{"model": "fraud_gbm", "wait_ms": 0},
-                           {"model": "fraud_logreg", "wait_ms": 20}]
     assert s["deadline_ms"] == 50
     assert s["default"]["outputs"] == {"numbers": {"fraud_probability": 0.0},
                                        "labels": {"decision": "review"}}
