@@ -51,7 +51,7 @@ class DemoOptions:
     rate: float = 200.0
     seconds: float = 60.0
     warmup_seconds: float = 5.0
-    warmup_rate: float = 20.0
+    warmup_rate: float = 50.0
     keep: bool = False
     stop: bool = False
     prefix: str = ""
@@ -379,7 +379,7 @@ def print_next_steps(opts: DemoOptions, topics: Topics, started: dict[str, str])
         ("replay", f"rdv replay {rel(Settings.from_env().home / 'archive')} --source-topic "
          f"{topics.input} --topic {topics.input}-dev --create",
          "the decoy's archive, for a model in development"),
-        ("demo", "rdv demo --rate 500 --seconds 30", "more traffic"),
+        ("demo", "rdv demo --rate 100 --seconds 60", "more traffic"),
     ]
     print()
     print("== what to try next")

@@ -91,7 +91,7 @@ def test_defaults() -> None:
     p = build_parser()
     d = p.parse_args(["demo"])
     assert (d.rate, d.seconds, d.warmup, d.keep, d.stop, d.prefix) == (
-        50.0, 30.0, 10.0, False, False, "")
+        50.0, 30.0, 30.0, False, False, "")
     s = p.parse_args(["send"])
     assert (s.timeout, s.prefix, s.json, s.amount) == (5.0, "", None, None)
     assert p.parse_args(["model", "list"]).prefix is None
