@@ -83,7 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--rates", type=rates_arg, default=[100, 200, 300, 500, 1000],
                     help="offered rates, requests/s (default 100,200,300,500,1000)")
     ap.add_argument("--seconds", type=float, default=10, help="load per rate (default 10)")
-    ap.add_argument("--warmup", type=float, default=8, help="warm-up per system, s (default 8)")
+    ap.add_argument("--warmup", type=float, default=30,
+                    help="warm-up per system, s (default 30: the JVMs need ~25 s to compile "
+                    "the hot paths of the full system)")
     ap.add_argument("--systems", default="B0,B1,R", help="subset of B0,B1,R")
     ap.add_argument("--scale-rates", type=rates_arg, default=None,
                     help="rates for R with parallelism 2 (default: --rates)")
@@ -251,7 +253,7 @@ class Bench:
         p = self.pipeline(parallelism)
         t = p.topics
         log(f"R x{parallelism}: warm-up")
-        self.load(t.raw, t.results, "Result", 150, self.args.warmup, drain_timeout=90)
+        self.load(t.raw, t.results, "Result", 80, self.args.warmup, drain_timeout=90)
         self.drain(p)
         self.measure("R", parallelism, t.raw, t.results, "Result", rates,
                      between=lambda: self.drain(p))
