@@ -36,7 +36,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
     from rdv import jobctl
 
     if args.job_cmd == "submit":
-        job_id = jobctl.submit(args.name, args.job_args)
+        job_id = jobctl.submit(args.name, args.job_args, savepoint=args.from_savepoint)
         print(job_id)
     elif args.job_cmd == "list":
         for j in jobctl.list_jobs():
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="submit, list, cancel or savepoint Flink jobs")
     jsub = job.add_subparsers(dest="job_cmd", required=True, metavar="ACTION")
     js = jsub.add_parser("submit", help="submit a job of jobs/ to the cluster")
+    js.add_argument("--from-savepoint", metavar="PATH", default=None,
+                    help="start from this savepoint (rdv job savepoint prints its path)")
     js.add_argument("name", help="job module in jobs/, e.g. passthrough")
     js.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments for the job")
     jsub.add_parser("list", help="list jobs")

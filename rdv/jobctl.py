@@ -42,8 +42,10 @@ def _rest(
     return json.loads(raw) if raw else None
 
 
-def submit(name: str, args: Sequence[str] = (), settings: Settings | None = None) -> str:
-    """Submit ``jobs/<name>.py`` detached; returns the job id once it is RUNNING."""
+def submit(name: str, args: Sequence[str] = (), settings: Settings | None = None,
+           savepoint: str | None = None) -> str:
+    """Submit ``jobs/<name>.py`` detached, optionally restoring a savepoint (the operators'
+    stable uids map its state back); returns the job id once it is RUNNING."""
     script = ROOT / "jobs" / f"{name}.py"
     if not script.exists():
         known = sorted(
@@ -59,6 +61,7 @@ def submit(name: str, args: Sequence[str] = (), settings: Settings | None = None
             str(pyflink_home() / "bin" / "flink"),
             "run",
             "-d",
+            *(["-s", savepoint] if savepoint else []),
             "-m",
             f"127.0.0.1:{p.s.flink_rest_port}",
             "-py",
