@@ -30,8 +30,17 @@ from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, StreamExecutionEnvironment
 from pyflink.datastream.state import ValueStateDescriptor
 
-from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
-from udfs.codec import DecodeError, add_hop, codec_for, dead_letter
+from jobs.common import (
+    OUT_RECORD,
+    VERSION,
+    Counts,
+    KafkaConfig,
+    config_from_args,
+    dead_letter_row,
+    read,
+    write,
+)
+from udfs.codec import DecodeError, add_hop, codec_for
 from udfs.profiles import to_flat
 
 FeatureFn = Callable[[dict, dict | None, dict | None], tuple[dict, dict]]
@@ -67,7 +76,6 @@ class Augment(KeyedProcessFunction):
         )
         self.requests = codec_for("Request")
         self.profiles = codec_for("Profile")
-        self.dl = codec_for("DeadLetter")
         self.features: FeatureFn = _load(self.config.features)
         self.card_point = _load(self.config.point)
         self.counts = Counts(runtime_context, "augment", ("augmented", "missing_external_state"))
@@ -113,9 +121,8 @@ class Augment(KeyedProcessFunction):
 
     def _dead(self, reason: str, value: Row) -> Row:
         topic, partition, offset, _, key, payload = value
-        dl = dead_letter("augment", reason, payload or b"", key=key, source_topic=topic,
-                         partition=partition, offset=offset, version=VERSION)
-        return Row(self.config.deadletter_topic, key, self.dl.encode(dl))
+        return dead_letter_row("augment", self.config.deadletter_topic, reason, topic,
+                               partition, offset, key, payload)
 
 
 def build_augment(source: DataStream, config: AugmentConfig) -> DataStream:

@@ -28,6 +28,7 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.java_gateway import get_gateway
 
 from rdv.settings import Settings
+from udfs.codec import codec_for, dead_letter
 
 RAW_RECORD = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "key", "value"],
@@ -50,6 +51,17 @@ VERSION = "0.1.0"
 
 def out(topic: str, key: bytes | None, value: bytes) -> Row:
     return Row(topic, key, value)
+
+
+def dead_letter_row(
+    component: str, deadletter_topic: str, reason: str, topic: str, partition: int,
+    offset: int, key: bytes | None, payload: bytes | None,
+) -> Row:
+    """An OUT_RECORD row carrying a DeadLetter for a record a job could not use: the
+    reason, the original bytes and key, and where the record was read from."""
+    dl = dead_letter(component, reason, payload or b"", key=key, source_topic=topic,
+                     partition=partition, offset=offset, version=VERSION)
+    return Row(deadletter_topic, key, codec_for("DeadLetter").encode(dl))
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,17 @@ import fastavro
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, StreamExecutionEnvironment
 
-from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
+from jobs.common import (
+    OUT_RECORD,
+    Counts,
+    KafkaConfig,
+    config_from_args,
+    dead_letter_row,
+    read,
+    write,
+)
 from rdv.settings import Settings
-from udfs.codec import DecodeError, codec_for, dead_letter
+from udfs.codec import DecodeError, codec_for
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,6 @@ class Archive(KeyedProcessFunction):
 
     def open(self, runtime_context: Any) -> None:
         self.codec = codec_for("Request")
-        self.dl = codec_for("DeadLetter")
         self.root = Path(self.config.archive_dir)
         self.buffers: dict[tuple[str, int], list[tuple[int, dict]]] = {}
         self.counts = Counts(runtime_context, "decoy", ("archived",))
@@ -76,9 +83,8 @@ class Archive(KeyedProcessFunction):
         topic, partition, offset, _, key, payload = value
         req = self.codec.decode(payload)
         if isinstance(req, DecodeError):
-            dl = dead_letter("decoy", req.reason, payload or b"", key=key, source_topic=topic,
-                             partition=partition, offset=offset, version=VERSION)
-            yield Row(self.config.deadletter_topic, key, self.dl.encode(dl))
+            yield dead_letter_row("decoy", self.config.deadletter_topic, req.reason, topic,
+                                  partition, offset, key, payload)
             return
         buf = self.buffers.setdefault((topic, partition), [])
         if not buf:

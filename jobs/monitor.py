@@ -100,8 +100,17 @@ from pyflink.datastream import (
     StreamExecutionEnvironment,
 )
 
-from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
-from udfs.codec import DecodeError, codec_for, dead_letter, envelope
+from jobs.common import (
+    OUT_RECORD,
+    VERSION,
+    Counts,
+    KafkaConfig,
+    config_from_args,
+    dead_letter_row,
+    read,
+    write,
+)
+from udfs.codec import DecodeError, codec_for, envelope
 from udfs.meta.alarm import CombinedAlarm
 from udfs.meta.compare import Comparison, Pair, RequestPairer
 from udfs.meta.drift import ClusterDrift
@@ -207,7 +216,6 @@ class EventDecoder:
         self.scores = codec_for("Score")
         self.results = codec_for("Result")
         self.requests = codec_for("Request")
-        self.dl = codec_for("DeadLetter")
         keys = config.tag_keys.strip()
         self.tag_keys: frozenset[str] | None = (
             None if keys == "*" else frozenset(k.strip() for k in keys.split(",") if k.strip())
@@ -240,9 +248,8 @@ class EventDecoder:
                 return ("result", RENDEZVOUS, rec["timestamp"], rec["request_id"],
                         rec["reason"], int(rec["waited_ms"]), rec["model_id"] or "", src), None
         assert isinstance(rec, DecodeError)
-        dl = dead_letter(COMPONENT, rec.reason, payload or b"", key=key, source_topic=topic,
-                         partition=partition, offset=offset, version=VERSION)
-        return None, (c.deadletter_topic, key, self.dl.encode(dl))
+        return None, dead_letter_row(COMPONENT, c.deadletter_topic, rec.reason, topic,
+                                     partition, offset, key, payload)
 
 
 # ----------------------------------------------------------------------------- monitor

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from pyflink.common import Row
 from pyflink.datastream import DataStream, FlatMapFunction, StreamExecutionEnvironment
 
-from jobs.common import OUT_RECORD, VERSION, KafkaConfig, config_from_args, read, write
-from udfs.codec import DecodeError, add_hop, codec_for, dead_letter
+from jobs.common import (
+    OUT_RECORD,
+    VERSION,
+    KafkaConfig,
+    config_from_args,
+    dead_letter_row,
+    read,
+    write,
+)
+from udfs.codec import DecodeError, add_hop, codec_for
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,6 @@ class Stamp(FlatMapFunction):
 
     def open(self, runtime_context: object) -> None:
         self.codec = codec_for("Request")
-        self.dl_codec = codec_for("DeadLetter")
 
     def flat_map(self, value: Row) -> Iterator[Row]:
         yield self.stamp(value[0], value[1], value[2], value[4], value[5])
@@ -46,17 +53,8 @@ class Stamp(FlatMapFunction):
         cfg = self.config
         rec = self.codec.decode(payload)
         if isinstance(rec, DecodeError):
-            dl = dead_letter(
-                cfg.component,
-                rec.reason,
-                payload or b"",
-                key=key,
-                source_topic=topic,
-                partition=partition,
-                offset=offset,
-                version=VERSION,
-            )
-            return Row(cfg.deadletter_topic, key, self.dl_codec.encode(dl))
+            return dead_letter_row(cfg.component, cfg.deadletter_topic, rec.reason, topic,
+                                   partition, offset, key, payload)
         add_hop(rec, cfg.component, VERSION)
         return Row(cfg.sink_topic, key, self.codec.encode(rec))
 

@@ -42,10 +42,11 @@ from jobs.common import (
     Counts,
     KafkaConfig,
     config_from_args,
+    dead_letter_row,
     read,
     write,
 )
-from udfs.codec import DecodeError, codec_for, dead_letter, envelope
+from udfs.codec import DecodeError, codec_for, envelope
 from udfs.mailbox import (
     LATE,
     Mailbox,
@@ -91,7 +92,6 @@ class RouteByRequest(ProcessFunction):
     def open(self, runtime_context: Any) -> None:
         self.requests = codec_for("Request")
         self.scores = codec_for("Score")
-        self.dl = codec_for("DeadLetter")
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         topic, partition, offset, _, key, payload = value
@@ -112,9 +112,8 @@ class RouteByRequest(ProcessFunction):
 
     def _dead(self, reason: str, value: Row) -> Row:
         topic, partition, offset, _, key, payload = value
-        dl = dead_letter("rendezvous", reason, payload or b"", key=key, source_topic=topic,
-                         partition=partition, offset=offset, version=VERSION)
-        return Row(self.config.deadletter_topic, key, self.dl.encode(dl))
+        return dead_letter_row("rendezvous", self.config.deadletter_topic, reason, topic,
+                               partition, offset, key, payload)
 
 
 class MailboxFunction(KeyedBroadcastProcessFunction):
@@ -131,7 +130,6 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.requests = codec_for("Request")
         self.scores = codec_for("Score")
         self.results = codec_for("Result")
-        self.dl = codec_for("DeadLetter")
         self.control = codec_for("Control")
         self.schedules: dict[str, Schedule] = {}
         self.live: Schedule | None = None
@@ -280,9 +278,8 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     def _dead(self, reason: str, topic: str, partition: int, offset: int, key: bytes | None,
               payload: bytes | None) -> Row:
         self._inc("dead_letters")
-        dl = dead_letter("rendezvous", reason, payload or b"", key=key, source_topic=topic,
-                         partition=partition, offset=offset, version=VERSION)
-        return Row(self.config.deadletter_topic, key, self.dl.encode(dl))
+        return dead_letter_row("rendezvous", self.config.deadletter_topic, reason, topic,
+                               partition, offset, key, payload)
 
 
 def _envelope() -> dict:

@@ -33,8 +33,16 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import ValueStateDescriptor
 
-from jobs.common import OUT_RECORD, VERSION, Counts, KafkaConfig, config_from_args, read, write
-from udfs.codec import DecodeError, codec_for, dead_letter
+from jobs.common import (
+    OUT_RECORD,
+    Counts,
+    KafkaConfig,
+    config_from_args,
+    dead_letter_row,
+    read,
+    write,
+)
+from udfs.codec import DecodeError, codec_for
 from udfs.model_package import load_manifest, load_model, score_request
 
 
@@ -63,7 +71,6 @@ class Scorer:
         self.model = load_model(self.config.model_dir)
         self.requests = codec_for("Request")
         self.scores = codec_for("Score")
-        self.dl = codec_for("DeadLetter")
         self.component = f"score:{self.model.name}"
         self.counts = (
             Counts(runtime_context, "model", ("scored", "errors"))
@@ -74,10 +81,8 @@ class Scorer:
         topic, partition, offset, _, key, payload = value
         req = self.requests.decode(payload)
         if isinstance(req, DecodeError):
-            dl = dead_letter(self.component, req.reason, payload or b"", key=key,
-                             source_topic=topic, partition=partition, offset=offset,
-                             version=VERSION)
-            return Row(self.config.deadletter_topic, key, self.dl.encode(dl)), state
+            return dead_letter_row(self.component, self.config.deadletter_topic, req.reason,
+                                   topic, partition, offset, key, payload), state
         fault = self._fault(req)
         if fault is not None and fault["kind"] == "delay":
             time.sleep(fault["delay_ms"] / 1000)
